@@ -1,0 +1,22 @@
+# Every target installs the project into .venv on first use, so each works on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install test lint demo train
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/efficientvim demo

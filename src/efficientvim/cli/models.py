@@ -1,0 +1,21 @@
+"""``efficientvim models``: list the registered architectures and downloadable weights."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..registry import list_models, model_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list model names (and weights tags with --pretrained)")
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. '*m2*'")
+    p.add_argument("--pretrained", action="store_true", help="list timm's published weights tags")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in list_models(args.pattern, pretrained=args.pretrained):
+        cfg = model_config(name)
+        print(f"{name:34s} res {cfg['img_size']}  published top-1 {cfg['top1']:.1f}")
+    return 0

@@ -1,0 +1,19 @@
+"""Errors a user can cause and fix; the CLI prints their message as one line and exits with 2."""
+
+from __future__ import annotations
+
+
+class EfficientViMError(Exception):
+    """Base class for mistakes in user input (names, files, sizes), as opposed to bugs."""
+
+
+class UnknownModelError(EfficientViMError, ValueError):
+    """A model name that is not registered."""
+
+
+class CheckpointError(EfficientViMError, ValueError):
+    """A checkpoint file that is missing, unreadable, foreign or for another architecture."""
+
+
+class InputSizeError(EfficientViMError, ValueError):
+    """An input tensor or image that the network cannot process (too small, wrong channels)."""

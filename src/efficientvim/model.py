@@ -1,0 +1,344 @@
+"""The EfficientViM network: gated blocks, stages, the multi-stage hidden-state fusion (MSF) head.
+
+``EfficientViM`` is the classifier (optionally distilled); ``EfficientViMFeatures`` is the same
+trunk returning feature maps for dense prediction. Both keep the released checkpoint's parameter
+names, so state dicts move between this package, the authors' code and timm unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import DropPath, trunc_normal_
+from timm.models import FeatureInfo
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .errors import InputSizeError
+from .hsm_ssd import HSMSSD
+from .layers import FFN, ChannelLayerNorm, DepthwiseConvNorm, PatchMerging, Stem
+
+STEM_STRIDE = 16
+
+
+class EfficientViMBlock(nn.Module):
+    """Four residual branches, each mixed in by a learned per-channel gate s = sigmoid(alpha):
+
+        x = (1 - s_i) x + s_i f_i(x),   f = DW3x3-BN, HSM-SSD(LN(x)), DW3x3-BN, FFN
+
+    Returns the new map and the hidden state h (B, C, N) of the HSM-SSD branch.
+    """
+
+    def __init__(
+        self, dim: int, state_dim: int, mlp_ratio: float = 4.0, ssd_expand: float = 1.0, drop_path: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.dwconv1 = DepthwiseConvNorm(dim, bn_weight_init=0.0)
+        self.norm = ChannelLayerNorm(dim)
+        self.mixer = HSMSSD(dim, state_dim, ssd_expand)
+        self.dwconv2 = DepthwiseConvNorm(dim, bn_weight_init=0.0)
+        self.ffn = FFN(dim, int(dim * mlp_ratio))
+        self.alpha = nn.Parameter(torch.full((4, dim), 1e-4))  # gate logits, one row per branch
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _gate(self, x: torch.Tensor, fx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        # (1 - s) x + s f(x) written as x + s (f(x) - x) so stochastic depth drops the whole branch
+        return x + self.drop_path(s * (fx - x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.alpha.sigmoid().view(4, 1, -1, 1, 1)
+        x = self._gate(x, self.dwconv1(x), s[0])
+        y, h = self.mixer(self.norm(x))
+        x = self._gate(x, y, s[1])
+        x = self._gate(x, self.dwconv2(x), s[2])
+        x = self._gate(x, self.ffn(x), s[3])
+        return x, h
+
+
+class EfficientViMStage(nn.Module):
+    """``depth`` blocks at one resolution, then an optional PatchMerging to the next stage's width."""
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int | None,
+        depth: int,
+        state_dim: int,
+        mlp_ratio: float = 4.0,
+        ssd_expand: float = 1.0,
+        drop_path: Sequence[float] = (),
+    ) -> None:
+        super().__init__()
+        rates = list(drop_path) or [0.0] * depth
+        self.blocks = nn.ModuleList(
+            EfficientViMBlock(dim, state_dim, mlp_ratio, ssd_expand, rates[i]) for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim, out_dim) if out_dim else None
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (stage output map, input of the next stage, hidden state of the last block)."""
+        h = x.new_empty(0)
+        for block in self.blocks:
+            if self.grad_checkpointing and x.requires_grad:
+                x, h = checkpoint(block, x, use_reentrant=False)
+            else:
+                x, h = block(x)
+        nxt = self.downsample(x) if self.downsample is not None else x
+        return x, nxt, h
+
+
+def _check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise InputSizeError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    if height < min_size or width < min_size:
+        raise InputSizeError(
+            f"input {height}x{width} is smaller than the network's total stride {min_size}: "
+            f"resize or pad images to at least {min_size}x{min_size}"
+        )
+
+
+class _Trunk(nn.Module):
+    """Stem and stages shared by the classifier and the feature extractor."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        embed_dim: Sequence[int],
+        depths: Sequence[int],
+        state_dim: Sequence[int],
+        mlp_ratio: float,
+        ssd_expand: float,
+        drop_path_rate: float,
+    ) -> None:
+        super().__init__()
+        if not len(embed_dim) == len(depths) == len(state_dim):
+            raise ValueError("embed_dim, depths and state_dim need one entry per stage")
+        self.in_chans = in_chans
+        self.embed_dim = tuple(embed_dim)
+        self.depths = tuple(depths)
+        self.state_dim = tuple(state_dim)
+        self.num_stages = len(depths)
+        self.patch_embed = Stem(in_chans, embed_dim[0])
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, start = [], 0
+        for i, depth in enumerate(depths):
+            out_dim = embed_dim[i + 1] if i + 1 < len(depths) else None
+            stages.append(
+                EfficientViMStage(
+                    embed_dim[i], out_dim, depth, state_dim[i], mlp_ratio, ssd_expand, rates[start : start + depth]
+                )
+            )
+            start += depth
+        self.stages = nn.ModuleList(stages)
+        self.total_stride = STEM_STRIDE * 2 ** (self.num_stages - 1)
+
+    def stage_info(self) -> list[dict]:
+        """timm-style feature_info of the stage output maps."""
+        return [
+            dict(num_chs=dim, reduction=STEM_STRIDE * 2**i, module=f"stages.{i}")
+            for i, dim in enumerate(self.embed_dim)
+        ]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class EfficientViM(_Trunk):
+    """EfficientViM classifier with the multi-stage hidden-state fusion (MSF) head.
+
+    The MSF head reads the hidden state h_i of the last block of each stage and the final map:
+    z_i = Linear(mean_N(LN(h_i))), z_3 = Linear(GAP(LN(x))), logits = sum_i softmax(w)_i z_i.
+    With ``distilled=True`` a second set of heads and weights produces z_dist; the model then
+    returns (z, z_dist) in training mode and (z + z_dist) / 2 in eval mode.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: Sequence[int] = (128, 256, 512),
+        depths: Sequence[int] = (2, 2, 2),
+        state_dim: Sequence[int] = (49, 25, 9),
+        mlp_ratio: float = 4.0,
+        ssd_expand: float = 1.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        distilled: bool = False,
+    ) -> None:
+        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
+        self.num_classes = num_classes
+        self.distilled = distilled
+        self.feature_info = self.stage_info()
+        head_dims = (*self.embed_dim, self.embed_dim[-1])
+        self.num_features = self.head_hidden_size = sum(head_dims)
+        self.norm = nn.ModuleList(ChannelLayerNorm(d) for d in head_dims)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.weights = nn.Parameter(torch.ones(len(head_dims)))  # w, the MSF fusion logits
+        self.heads = self._make_heads(num_classes)
+        if distilled:
+            self.weights_dist = nn.Parameter(torch.ones(len(head_dims)))
+            self.heads_dist = self._make_heads(num_classes)
+        self.apply(self._init_weights)
+
+    def _make_heads(self, num_classes: int) -> nn.ModuleList:
+        dims = (*self.embed_dim, self.embed_dim[-1])
+        return nn.ModuleList(nn.Linear(d, num_classes) if num_classes > 0 else nn.Identity() for d in dims)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the reference recipe does not decay besides norms and biases: the skip weight d."""
+        return {name for name, _ in self.named_parameters() if name.endswith("mixer.D")}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.ModuleList:
+        return self.heads
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace all four MSF heads (and the distilled ones) with fresh heads for ``num_classes``."""
+        device = self.weights.device
+        self.num_classes = num_classes
+        heads = [("heads", "weights")] + ([("heads_dist", "weights_dist")] if self.distilled else [])
+        for head_name, weight_name in heads:
+            new = self._make_heads(num_classes).to(device)
+            new.apply(self._init_weights)
+            new.train(self.training)
+            setattr(self, head_name, new)
+            nn.init.ones_(getattr(self, weight_name))
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run the trunk; return the MSF head's inputs: hidden states h_0..h_2 (B, C_i, N_i) and the final map."""
+        _check_input(x, self.in_chans, self.total_stride)
+        x = self.patch_embed(x)
+        states = []
+        for stage in self.stages:
+            _, x, h = stage(x)
+            states.append(h)
+        return [*states, x]
+
+    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False):
+        """MSF head on ``forward_features`` output: logits, or the pooled features (B, num_features)."""
+        pooled = [self.head_drop(norm(f).flatten(2).mean(-1)) for norm, f in zip(self.norm, features)]
+        if pre_logits or self.num_classes == 0:
+            return torch.cat(pooled, dim=1)
+        z = self._fuse(pooled, self.heads, self.weights)
+        if not self.distilled:
+            return z
+        z_dist = self._fuse(pooled, self.heads_dist, self.weights_dist)
+        if self.training and not torch.jit.is_scripting():
+            return z, z_dist
+        return (z + z_dist) / 2
+
+    @staticmethod
+    def _fuse(pooled: list[torch.Tensor], heads: nn.ModuleList, weights: torch.Tensor) -> torch.Tensor:
+        w = weights.softmax(-1)
+        z = w[0] * heads[0](pooled[0])
+        for i in range(1, len(pooled)):
+            z = z + w[i] * heads[i](pooled[i])
+        return z
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm-style: stage output maps (before downsampling) at ``indices``, plus the head inputs.
+
+        ``indices`` as an int takes the last n stages; a sequence selects stages. ``norm`` has no
+        effect (EfficientViM has no per-stage map norm except the last, which belongs to the head).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("EfficientViM intermediates are NCHW only")
+        take = _take_indices(self.num_stages, indices)
+        _check_input(x, self.in_chans, self.total_stride)
+        x = self.patch_embed(x)
+        intermediates, states = [], []
+        last = max(take) if (stop_early and intermediates_only) else self.num_stages - 1
+        for i, stage in enumerate(self.stages[: last + 1]):
+            out, x, h = stage(x)
+            states.append(h)
+            if i in take:
+                intermediates.append(out)
+        if intermediates_only:
+            return intermediates
+        return [*states, x], intermediates
+
+
+def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[int]:
+    if indices is None:
+        return list(range(num_stages))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"can take the last 1..{num_stages} stages, not {indices}")
+        return list(range(num_stages - indices, num_stages))
+    take = [i % num_stages for i in indices]
+    if any(not -num_stages <= i < num_stages for i in indices):
+        raise ValueError(f"stage indices must lie in [-{num_stages}, {num_stages}), got {list(indices)}")
+    return take
+
+
+class EfficientViMFeatures(_Trunk):
+    """The EfficientViM trunk as a feature extractor returning a list of NCHW maps.
+
+    Levels, selectable with ``out_indices``: 0 and 1 are the stem's stride-4 and stride-8 maps
+    (dim/4 and dim/2 channels), 2, 3, 4 the three stage outputs (strides 16, 32, 64).
+    The default returns the three stage maps.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: Sequence[int] = (128, 256, 512),
+        depths: Sequence[int] = (2, 2, 2),
+        state_dim: Sequence[int] = (49, 25, 9),
+        mlp_ratio: float = 4.0,
+        ssd_expand: float = 1.0,
+        drop_path_rate: float = 0.0,
+        out_indices: Sequence[int] = (2, 3, 4),
+    ) -> None:
+        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
+        levels = [
+            dict(num_chs=embed_dim[0] // 4, reduction=4, module="patch_embed.conv.1"),
+            dict(num_chs=embed_dim[0] // 2, reduction=8, module="patch_embed.conv.2"),
+            *self.stage_info(),
+        ]
+        n = len(levels)
+        self.out_indices = tuple(sorted({i % n for i in out_indices}))
+        if any(not -n <= i < n for i in out_indices) or not self.out_indices:
+            raise ValueError(f"out_indices must be in [-{n}, {n}), got {tuple(out_indices)}")
+        self.feature_info = FeatureInfo(levels, self.out_indices)
+        # stages past the deepest requested level are never run: drop them (and their weights)
+        last_stage = max(self.out_indices) - 2
+        self.stages = self.stages[: max(last_stage, 0) + 1] if last_stage >= 0 else nn.ModuleList()
+        if len(self.stages):
+            self.stages[-1].downsample = None
+        self.total_stride = levels[max(self.out_indices)]["reduction"]
+        self.apply(self._init_weights)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        _check_input(x, self.in_chans, self.total_stride)
+        s4, s8, x = self.patch_embed.forward_levels(x)
+        maps = [s4, s8]
+        for stage in self.stages:
+            out, x, _ = stage(x)
+            maps.append(out)
+        return [maps[i] for i in self.out_indices]

@@ -1,0 +1,196 @@
+"""The EfficientViM family (M1-M4, plain and distilled): one config table, ``create_model``, ``list_models``."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import CheckpointError, UnknownModelError
+from .model import EfficientViM, EfficientViMFeatures
+from .weights import Checkpoint, load_into
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Variant:
+    embed_dim: tuple[int, int, int]
+    depths: tuple[int, int, int]
+    state_dim: tuple[int, int, int]
+    img_size: int
+    top1: float  # ImageNet-1k top-1 of the published weights (450 epochs, or distilled)
+
+
+VARIANTS: dict[str, Variant] = {
+    "efficientvim_m1": Variant((128, 192, 320), (2, 2, 2), (49, 25, 9), 224, 73.5),
+    "efficientvim_m2": Variant((128, 256, 512), (2, 2, 2), (49, 25, 9), 224, 75.8),
+    "efficientvim_m3": Variant((224, 320, 512), (2, 2, 2), (49, 25, 9), 224, 77.9),
+    "efficientvim_m4": Variant((224, 320, 512), (3, 4, 2), (64, 32, 16), 256, 79.6),
+}
+DISTILLED_TOP1 = {"efficientvim_m1": 74.6, "efficientvim_m2": 76.7, "efficientvim_m3": 79.1, "efficientvim_m4": 80.7}
+# timm publishes these tags on the Hugging Face hub as timm/<name>.<tag>
+PRETRAINED_TAGS = {"": ("e450_in1k", "e300_in1k"), "_dist": ("in1k",)}
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Registered model names matching a glob ``pattern``; with ``pretrained`` the downloadable tags."""
+    names = []
+    for base in VARIANTS:
+        for suffix, tags in PRETRAINED_TAGS.items():
+            name = base + suffix
+            names.extend(f"{name}.{t}" for t in tags) if pretrained else names.append(name)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def _resolve_name(name: str) -> tuple[str, str | None]:
+    base, _, tag = name.partition(".")
+    if base not in list_models():
+        close = difflib.get_close_matches(name, list_models() + list_models(pretrained=True), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(list_models())}"
+        raise UnknownModelError(f"unknown model {name!r}: {hint}")
+    if tag and f"{base}.{tag}" not in list_models(pretrained=True):
+        raise UnknownModelError(
+            f"unknown weights tag {tag!r} for {base}: available {', '.join(list_models(base + '.*', True))}"
+        )
+    return base, tag or None
+
+
+def model_config(name: str) -> dict:
+    """Constructor arguments and preprocessing of a registered name (a weights tag is allowed)."""
+    base, _ = _resolve_name(name)
+    v = VARIANTS[base.removesuffix("_dist")]
+    return dict(
+        embed_dim=v.embed_dim,
+        depths=v.depths,
+        state_dim=v.state_dim,
+        distilled=base.endswith("_dist"),
+        img_size=v.img_size,
+        top1=DISTILLED_TOP1[base.removesuffix("_dist")] if base.endswith("_dist") else v.top1,
+    )
+
+
+def _default_cfg(name: str, img_size: int, in_chans: int, num_classes: int) -> dict:
+    # timm's data-config keys, so timm.data.resolve_model_data_config works on our models
+    return dict(
+        architecture=name,
+        input_size=(in_chans, img_size, img_size),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_classes=num_classes,
+        label_names=None,
+    )
+
+
+def download_pretrained(name: str, tag: str | None) -> str:
+    """Fetch timm's published weights for ``name`` (cached by huggingface_hub) and return the file path."""
+    from huggingface_hub import hf_hub_download
+
+    tag = tag or PRETRAINED_TAGS["_dist" if name.endswith("_dist") else ""][0]
+    repo = f"timm/{name}.{tag}"
+    try:
+        return hf_hub_download(repo, "model.safetensors")
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+        why = "offline mode (HF_HUB_OFFLINE) is set" if offline else f"the download failed: {type(e).__name__}"
+        raise CheckpointError(
+            f"no cached weights for {repo} and {why}; on a machine with internet run "
+            f"`huggingface-cli download {repo} model.safetensors` and pass checkpoint=PATH"
+        ) from None
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_key: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_path_rate: float = 0.0,
+    features_only: bool = False,
+    **overrides,
+) -> nn.Module:
+    """Build an EfficientViM model, optionally with weights.
+
+    Args:
+        name: ``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist`` for the distilled heads, or a
+            weights tag such as ``efficientvim_m2.e450_in1k`` (implies ``pretrained``).
+        pretrained: download timm's published ImageNet weights (cached; needs internet once).
+        checkpoint: a local file: the authors' .pth, a timm state dict or ``save_weights`` output.
+        checkpoint_key: the envelope entry to read (``model`` or ``model_ema``); EMA by default.
+        num_classes: classifier size; default: the checkpoint's, else 1000. When it differs from
+            the checkpoint's, the MSF heads are freshly initialised (fine-tuning).
+        in_chans: input channels; the first conv of loaded weights is adapted.
+        drop_path_rate: stochastic depth, ramped linearly over all blocks.
+        features_only: return an :class:`EfficientViMFeatures` returning stage maps
+            (``out_indices`` selects levels; 0 and 1 are the stem's stride-4/8 maps).
+        **overrides: other constructor arguments (``mlp_ratio``, ``drop_rate``, ``out_indices``...).
+    """
+    base, tag = _resolve_name(name)
+    cfg = model_config(base)
+    img_size = overrides.pop("img_size", cfg["img_size"])
+    arch = dict(embed_dim=cfg["embed_dim"], depths=cfg["depths"], state_dim=cfg["state_dim"])
+    arch.update({k: overrides.pop(k) for k in list(overrides) if k in arch})
+
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, checkpoint_key)
+    elif pretrained or tag:
+        ckpt = Checkpoint(download_pretrained(base, tag), checkpoint_key)
+    if ckpt is not None:
+        saved_arch = ckpt.metadata.get("architecture")
+        if saved_arch and saved_arch != base and not features_only:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds {saved_arch}, not {base}: use that model name")
+
+    if features_only:
+        model = EfficientViMFeatures(in_chans=in_chans, drop_path_rate=drop_path_rate, **arch, **overrides)
+    else:
+        ckpt_classes = ckpt.num_classes if ckpt is not None else None
+        classes = num_classes if num_classes is not None else (ckpt_classes or 1000)
+        model = EfficientViM(
+            in_chans=in_chans,
+            num_classes=classes,
+            drop_path_rate=drop_path_rate,
+            distilled=cfg["distilled"],
+            **arch,
+            **overrides,
+        )
+    model.model_name = base
+    model.pretrained_cfg = _default_cfg(base, img_size, in_chans, getattr(model, "num_classes", 0))
+    if ckpt is not None:
+        reset_heads = features_only or (ckpt.num_classes is not None and ckpt.num_classes != model.num_classes)
+        load_into(model, ckpt, drop_heads=reset_heads)
+        _apply_metadata(model, ckpt.metadata, keep_labels=not reset_heads)
+    return model
+
+
+def _apply_metadata(model: nn.Module, meta: dict, keep_labels: bool) -> None:
+    cfg = model.pretrained_cfg
+    for key in ("crop_pct", "interpolation"):
+        if meta.get(key) is not None:
+            cfg[key] = meta[key]
+    for key in ("mean", "std"):
+        if meta.get(key) is not None:
+            cfg[key] = tuple(meta[key])
+    if meta.get("input_size"):
+        cfg["input_size"] = (cfg["input_size"][0], *meta["input_size"][1:])
+    if keep_labels and meta.get("class_names"):
+        cfg["label_names"] = list(meta["class_names"])
+
+
+def load_model(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """Rebuild a model from a file written by ``save_weights`` alone (its metadata names the architecture)."""
+    ckpt = Checkpoint(path)
+    arch = ckpt.metadata.get("architecture")
+    if not arch:
+        raise CheckpointError(
+            f"checkpoint {path} does not name its architecture: use create_model(NAME, checkpoint=...)"
+        )
+    kwargs.setdefault("in_chans", ckpt.metadata.get("in_chans", 3))
+    return create_model(arch, checkpoint=path, **kwargs)

@@ -1,0 +1,214 @@
+"""Reading and writing EfficientViM weights without ever executing code from a file.
+
+Accepted inputs:
+  * the authors' releases (``EfficientViM_M2_e450.pth``): a dict holding ``model`` and usually
+    ``model_ema``; EMA weights are preferred since they give the reported accuracy;
+  * timm state dicts (.pth, .bin or .safetensors), LayerNorm weights flattened to (C,);
+  * this package's format written by :func:`save_weights`: safetensors with metadata
+    (architecture, classes, preprocessing).
+Pickles go through ``torch.load(weights_only=True)``, which refuses anything but tensors and
+plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT_NAME = "efficientvim"
+# envelope keys of training checkpoints, in order of preference when none is named
+ENVELOPE_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
+HEAD_PREFIXES = ("heads.", "heads_dist.")
+HEAD_KEYS = ("weights", "weights_dist")
+
+
+class Checkpoint:
+    """A checkpoint file read into a flat state dict, plus its metadata when it has any."""
+
+    def __init__(self, path: str | os.PathLike, key: str | None = None) -> None:
+        self.path = Path(path)
+        self.metadata: dict = {}
+        self.state_dict = self._read(key)
+
+    def _read(self, key: str | None) -> dict[str, torch.Tensor]:
+        path = self.path
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} not found: check the path")
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if path.suffix == ".safetensors" or _looks_like_safetensors(head):
+            try:
+                with safe_open(str(path), "pt") as f:
+                    meta = f.metadata() or {}
+                state = load_file(str(path))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise CheckpointError(
+                    f"checkpoint {path} is not a readable safetensors file ({_short(e)}): it may be truncated; "
+                    "download or export it again"
+                ) from None
+            if meta.get("format") == FORMAT_NAME:
+                self.metadata = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+            return state
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for truncated or hostile pickles
+            raise CheckpointError(
+                f"checkpoint {path} could not be read safely ({_short(e)}): it is truncated, not a "
+                "PyTorch/safetensors file, or contains code; only tensors and plain containers are accepted"
+            ) from None
+        return self._unwrap(obj, key)
+
+    def _unwrap(self, obj: object, key: str | None) -> dict[str, torch.Tensor]:
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"checkpoint {self.path} holds a {type(obj).__name__}, not a state dict")
+        if key is not None:
+            if not isinstance(obj.get(key), Mapping):
+                found = [k for k, v in obj.items() if isinstance(v, Mapping)]
+                raise CheckpointError(
+                    f"checkpoint {self.path} has no state dict under {key!r}; dict entries are {found}"
+                )
+            obj = obj[key]
+        elif not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            for k in ENVELOPE_KEYS:
+                if isinstance(obj.get(k), Mapping) and obj[k]:
+                    obj = obj[k]
+                    break
+        state = {}
+        for k, v in obj.items():
+            if isinstance(v, torch.Tensor):
+                state[k[len("module.") :] if k.startswith("module.") else k] = v
+        if not state:
+            raise CheckpointError(f"checkpoint {self.path} holds no tensors")
+        if isinstance(obj.get("metadata"), Mapping):
+            self.metadata = dict(obj["metadata"])
+        return state
+
+    @property
+    def num_classes(self) -> int | None:
+        w = self.state_dict.get("heads.0.weight")
+        return int(w.shape[0]) if w is not None else self.metadata.get("num_classes")
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    # 8-byte little-endian header length, then a JSON object
+    return len(head) > 9 and head[8:9] == b"{"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def to_model_format(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Normalise reference/timm layouts to this model: LayerNorm affine (1, C, 1[, 1]) -> (C,),
+    distilled heads dropped for a plain model, the first conv adapted to ``in_chans``."""
+    from timm.models import adapt_input_conv
+
+    target = model.state_dict()
+    out = {}
+    for k, v in state.items():
+        if (k.startswith("heads_dist.") or k == "weights_dist") and k not in target:
+            continue
+        t = target.get(k)
+        if t is not None and v.dim() != t.dim() and v.numel() == t.numel() and k.split(".")[-1] in ("weight", "bias"):
+            v = v.reshape(t.shape)
+        out[k] = v
+    first = "patch_embed.conv.0.conv.weight"
+    if first in out and first in target and out[first].shape[1] != target[first].shape[1]:
+        out[first] = adapt_input_conv(target[first].shape[1], out[first].float()).to(out[first].dtype)
+    return out
+
+
+def load_into(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    drop_heads: bool = False,
+) -> None:
+    """Load ``ckpt`` into ``model`` strictly, or raise one CheckpointError naming the first mismatches.
+
+    ``drop_heads`` leaves the MSF heads (and their fusion weights) as initialised, for
+    fine-tuning on another number of classes or for feature extractors.
+    """
+    state = ckpt.state_dict
+    if not any(k.startswith("patch_embed.") for k in state):
+        sample = ", ".join(list(state)[:3])
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} is not an EfficientViM checkpoint (first keys: {sample}); "
+            "pass the authors' .pth, a timm efficientvim state dict or a file written by save_weights"
+        )
+    state = to_model_format(state, model)
+    target = model.state_dict()
+    if drop_heads:
+        state = {k: v for k, v in state.items() if not _is_head(k)}
+        target = {k: v for k, v in target.items() if not _is_head(k)}
+    # a feature extractor owns no head and may own fewer stages: extra checkpoint keys are fine
+    if not hasattr(model, "heads"):
+        state = {k: v for k, v in state.items() if k in target}
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(
+                "shape mismatch "
+                + ", ".join(f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in wrong[:3])
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+        arch = ckpt.metadata.get("architecture")
+        hint = f"; the file says it holds {arch}" if arch else "; is it for another EfficientViM variant?"
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model: {'; '.join(parts)}{hint}")
+    model.load_state_dict(state, strict=not drop_heads and hasattr(model, "heads"))
+
+
+def _is_head(key: str) -> bool:
+    return key.startswith(HEAD_PREFIXES) or key in HEAD_KEYS
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    class_names: list[str] | None = None,
+    **extra: object,
+) -> Path:
+    """Write ``model``'s weights as safetensors with the metadata needed to rebuild and use it:
+    architecture, num_classes, in_chans, input size, crop, interpolation, mean/std and class names.
+
+    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    """
+    path = Path(path)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    names = class_names if class_names is not None else cfg.get("label_names")
+    meta = {
+        "architecture": getattr(model, "model_name", None),
+        "num_classes": getattr(model, "num_classes", None),
+        "in_chans": getattr(model, "in_chans", 3),
+        "input_size": list(cfg.get("input_size", (3, 224, 224))),
+        "crop_pct": cfg.get("crop_pct", 0.875),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "class_names": list(names) if names is not None else None,
+        **extra,
+    }
+    if meta["architecture"] is None:
+        raise ValueError("save_weights needs a model made by efficientvim.create_model (it names the architecture)")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT_NAME, **{k: json.dumps(v) for k, v in meta.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path

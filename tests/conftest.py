@@ -1,0 +1,45 @@
+"""Shared fixtures: timm reference models with every parameter and BN statistic randomised."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(2)
+
+
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter and BatchNorm running statistic a random, well-scaled value.
+
+    Scales keep activations O(1) through the depth so logits comparisons are meaningful.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith(".A"):
+                p.copy_(torch.rand(p.shape, generator=g) * 15 + 1)
+            elif p.dim() <= 1:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("weight") or name.endswith(".D")
+                        else 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return model
+
+
+@pytest.fixture
+def timm_reference():
+    """Factory: a timm efficientvim model with randomised weights, in eval mode."""
+    import timm
+
+    def make(name: str, seed: int = 0, **kwargs) -> nn.Module:
+        return randomize_(timm.create_model(name, **kwargs), seed).eval()
+
+    return make
