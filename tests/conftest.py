@@ -22,8 +22,9 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             elif name.endswith(".A"):
                 p.copy_(torch.rand(p.shape, generator=g) * 15 + 1)
             elif p.dim() <= 1:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("weight") or name.endswith(".D")
-                        else 0.1 * torch.randn(p.shape, generator=g))
+                scale_like = name.endswith("weight") or name.endswith(".D")
+                noise = torch.randn(p.shape, generator=g)
+                p.copy_(1.0 + 0.2 * noise if scale_like else 0.1 * noise)
             else:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
@@ -32,6 +33,12 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return model
+
+
+@pytest.fixture
+def randomize():
+    """The ``randomize_`` function, for models built in a test."""
+    return randomize_
 
 
 @pytest.fixture

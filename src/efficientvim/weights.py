@@ -114,12 +114,15 @@ def to_model_format(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     from timm.models import adapt_input_conv
 
     target = model.state_dict()
+    layer_norms = {
+        f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, nn.LayerNorm) for p in ("weight", "bias")
+    }
     out = {}
     for k, v in state.items():
         if (k.startswith("heads_dist.") or k == "weights_dist") and k not in target:
             continue
         t = target.get(k)
-        if t is not None and v.dim() != t.dim() and v.numel() == t.numel() and k.split(".")[-1] in ("weight", "bias"):
+        if k in layer_norms and v.dim() != t.dim() and v.numel() == t.numel():
             v = v.reshape(t.shape)
         out[k] = v
     first = "patch_embed.conv.0.conv.weight"

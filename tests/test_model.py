@@ -1,0 +1,221 @@
+"""The EfficientViM family: exactness against timm's reference port, sizes, and the timm-style backbone API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import efficientvim as ev
+from efficientvim.registry import model_config
+
+ALL = ev.list_models()
+TINY = dict(embed_dim=(32, 48, 64), depths=(1, 2, 1), state_dim=(8, 6, 4))
+
+PARAMS = {"efficientvim_m1": 6_679_458, "efficientvim_m2": 13_903_842,
+          "efficientvim_m3": 16_604_174, "efficientvim_m4": 19_606_505}
+MACS = {"efficientvim_m1": 239e6, "efficientvim_m2": 355e6, "efficientvim_m3": 656e6, "efficientvim_m4": 1111e6}
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_logits_equal_timm_for_random_weights(name, timm_reference):
+    reference = timm_reference(name, seed=ALL.index(name))
+    model = ev.create_model(name).eval()
+    model.load_state_dict(reference.state_dict())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for size in [(128, 128), (96, 160)]:
+            x = torch.randn(2, 3, *size)
+            expected = reference(x)
+            assert expected.std() > 1e-2  # a meaningful comparison, not two near-zero tensors
+            assert max_rel(model(x), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_parameter_count_is_exact(name):
+    model = ev.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", list(MACS))
+def test_flops_at_default_resolution_within_two_percent(name):
+    macs = ev.count_flops(ev.create_model(name), model_config(name)["img_size"])
+    assert abs(macs / MACS[name] - 1) <= 0.02
+
+
+def test_distilled_returns_both_logits_in_training_and_their_mean_in_eval(timm_reference):
+    reference = timm_reference("efficientvim_m1_dist")
+    model = ev.create_model("efficientvim_m1_dist")
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    model.train()
+    reference.train()
+    reference.set_distilled_training(True)
+    z, z_dist = model(x)
+    z_ref, z_dist_ref = reference(x)
+    assert max_rel(z, z_ref) <= 1e-5 and max_rel(z_dist, z_dist_ref) <= 1e-5
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pooled = [n(f).flatten(2).mean(-1) for n, f in zip(model.norm, features)]
+        z_eval = model._fuse(pooled, model.heads, model.weights)
+        z_dist_eval = model._fuse(pooled, model.heads_dist, model.weights_dist)
+        torch.testing.assert_close(model(x), (z_eval + z_dist_eval) / 2)
+
+
+def test_every_parameter_receives_a_gradient(randomize):
+    # randomised: at initialisation zero BN scales deliberately block some gradients
+    model = randomize(ev.create_model("efficientvim_m1_dist", **TINY, num_classes=7)).train()
+    # 128 px so the last stage has more than one token (a softmax over one token has no gradient)
+    z, z_dist = model(torch.randn(2, 3, 128, 128))
+    (z.square().mean() + z_dist.square().mean()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_forward_head_of_forward_features_is_forward():
+    model = ev.create_model("efficientvim_m1", **TINY, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(features), model(x))
+        pre = model.forward_head(features, pre_logits=True)
+    assert pre.shape == (2, model.num_features) and model.num_features == 32 + 48 + 64 + 64
+    # the last slice is the pooled, normalised final map
+    torch.testing.assert_close(pre[:, -64:], model.norm[3](features[3]).mean((2, 3)))
+
+
+def test_forward_intermediates_are_the_stage_maps_at_strides_16_32_64():
+    model = ev.create_model("efficientvim_m1", **TINY).eval()
+    x = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        head_inputs, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(model.forward_head(head_inputs), model(x))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert [m.shape[-2:] for m in maps] == [(8, 12), (4, 6), (2, 3)]
+    assert [m.shape[1] for m in maps] == [32, 48, 64]
+    torch.testing.assert_close(last_two[0], maps[1])
+
+
+def test_features_only_returns_stage_maps_with_feature_info(tmp_path):
+    classifier = ev.create_model("efficientvim_m1", **TINY).eval()
+    ev.save_weights(classifier, tmp_path / "c.safetensors")
+    backbone = ev.create_model(
+        "efficientvim_m1", **TINY, features_only=True, checkpoint=tmp_path / "c.safetensors"
+    ).eval()
+    assert backbone.feature_info.channels() == [32, 48, 64]
+    assert backbone.feature_info.reduction() == [16, 32, 64]
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        maps = backbone(x)
+        _, expected = classifier.forward_intermediates(x)
+    for got, want in zip(maps, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_features_only_offers_the_stems_stride_4_and_8_levels():
+    backbone = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=(0, 1, 2))
+    assert backbone.feature_info.reduction() == [4, 8, 16]
+    assert len(backbone.stages) == 1  # deeper stages are not built when not asked for
+    maps = backbone(torch.randn(1, 3, 64, 96))
+    assert [tuple(m.shape[1:]) for m in maps] == [(8, 16, 24), (16, 8, 12), (32, 4, 6)]
+
+
+def test_reset_classifier_replaces_all_heads_including_distilled():
+    model = ev.create_model("efficientvim_m1_dist", **TINY)
+    with torch.no_grad():
+        model.weights.fill_(3.0)
+    model.reset_classifier(10)
+    heads = [*model.heads, *model.heads_dist]
+    assert [h.out_features for h in heads] == [10] * 8
+    assert model.num_classes == 10
+    torch.testing.assert_close(model.weights.detach(), torch.ones(4))
+    model.eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = ev.create_model("efficientvim_m1", **TINY, num_classes=3).train()
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        model(x).sum().backward()
+        grads.append(model.patch_embed.conv[0].conv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_stochastic_depth_is_linear_over_blocks_and_off_in_eval():
+    model = ev.create_model("efficientvim_m1", **TINY, drop_path_rate=0.3)
+    rates = [b.drop_path.drop_prob for s in model.stages for b in s.blocks if hasattr(b.drop_path, "drop_prob")]
+    assert rates == pytest.approx([0.1, 0.2, 0.3])
+    x = torch.randn(4, 3, 64, 64)
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    b = model(x)
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+
+
+def test_no_weight_decay_names_the_state_skip_weights():
+    model = ev.create_model("efficientvim_m1")
+    assert "stages.0.blocks.0.mixer.D" in model.no_weight_decay()
+    assert all(n.endswith("mixer.D") for n in model.no_weight_decay())
+    assert len(model.no_weight_decay()) == 6
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_other_input_channels_adapt_the_first_conv_of_loaded_weights(in_chans, tmp_path):
+    rgb = ev.create_model("efficientvim_m1", **TINY)
+    ev.save_weights(rgb, tmp_path / "rgb.safetensors")
+    model = ev.create_model("efficientvim_m1", **TINY, in_chans=in_chans, checkpoint=tmp_path / "rgb.safetensors")
+    w_rgb = rgb.patch_embed.conv[0].conv.weight
+    w = model.patch_embed.conv[0].conv.weight
+    assert w.shape[1] == in_chans
+    if in_chans == 1:  # grayscale: the three colour filters summed
+        torch.testing.assert_close(w, w_rgb.sum(1, keepdim=True))
+    else:  # extra channels: the colour filters repeated, rescaled to keep the response
+        torch.testing.assert_close(w[:, :3].sum(1) * 0 + w[:, 0], w_rgb[:, 0] * 3 / in_chans)
+    assert model.eval()(torch.randn(1, in_chans, 64, 64)).shape == (1, 1000)
+
+
+def test_input_smaller_than_the_total_stride_is_a_clear_error():
+    model = ev.create_model("efficientvim_m1", **TINY).eval()
+    with pytest.raises(ev.InputSizeError, match="48x200 is smaller than the network's total stride 64"):
+        model(torch.randn(1, 3, 48, 200))
+    with pytest.raises(ev.InputSizeError, match=r"expected images of shape \(B, 3, H, W\)"):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_unknown_model_name_suggests_close_names():
+    with pytest.raises(ev.UnknownModelError, match="did you mean efficientvim_m1"):
+        ev.create_model("efficientvim_m1x")
+    with pytest.raises(ev.UnknownModelError, match="unknown weights tag 'e999' .* efficientvim_m2.e450_in1k"):
+        ev.create_model("efficientvim_m2.e999")
+
+
+def test_torch_compile_matches_eager():
+    model = ev.create_model("efficientvim_m1", **TINY, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export_with_dynamic_batch_and_trace_match_eager():
+    model = ev.create_model("efficientvim_m1_dist", **TINY, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 96)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},)).module()
+    traced = torch.jit.trace(model, x)
+    x3 = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x3), model(x3))
+        torch.testing.assert_close(traced(x3), model(x3))
