@@ -100,8 +100,8 @@ def download_pretrained(name: str, tag: str | None) -> str:
         offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
         why = "offline mode (HF_HUB_OFFLINE) is set" if offline else f"the download failed: {type(e).__name__}"
         raise CheckpointError(
-            f"no cached weights for {repo} and {why}; on a machine with internet run "
-            f"`huggingface-cli download {repo} model.safetensors` and pass checkpoint=PATH"
+            f"no cached weights for {repo} and {why}; fetch https://huggingface.co/{repo}/resolve/main/"
+            "model.safetensors on a machine with internet and pass checkpoint=PATH"
         ) from None
 
 
