@@ -98,6 +98,9 @@ def test_forward_intermediates_are_the_stage_maps_at_strides_16_32_64():
     assert [m.shape[-2:] for m in maps] == [(8, 12), (4, 6), (2, 3)]
     assert [m.shape[1] for m in maps] == [32, 48, 64]
     torch.testing.assert_close(last_two[0], maps[1])
+    with torch.no_grad():
+        normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)
+    torch.testing.assert_close(normed[0], model.norm[3](maps[2]))
 
 
 def test_features_only_returns_stage_maps_with_feature_info(tmp_path):

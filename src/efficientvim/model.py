@@ -263,8 +263,9 @@ class EfficientViM(_Trunk):
     ):
         """timm-style: stage output maps (before downsampling) at ``indices``, plus the head inputs.
 
-        ``indices`` as an int takes the last n stages; a sequence selects stages. ``norm`` has no
-        effect (EfficientViM has no per-stage map norm except the last, which belongs to the head).
+        ``indices`` as an int takes the last n stages; a sequence selects stages. The only map norm
+        of EfficientViM is the head's LayerNorm of the final map: ``norm=True`` applies it to the
+        last stage's map.
         """
         if output_fmt != "NCHW":
             raise ValueError("EfficientViM intermediates are NCHW only")
@@ -277,7 +278,8 @@ class EfficientViM(_Trunk):
             out, x, h = stage(x)
             states.append(h)
             if i in take:
-                intermediates.append(out)
+                last_stage = i == self.num_stages - 1
+                intermediates.append(self.norm[-1](out) if norm and last_stage else out)
         if intermediates_only:
             return intermediates
         return [*states, x], intermediates
