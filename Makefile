@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check .
 
 test: lint
 	$(PY) -m pytest -q
