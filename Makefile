@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo train
+.PHONY: install test lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,3 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -q
-
-demo: install
-	$(VENV)/bin/efficientvim demo
