@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
 import efficientvim
+from conftest import randomize_
 from efficientvim.cli import main
 
 CLASSES = ["tabby", "astronaut", "coffee cup", "rocket", "teapot"]
