@@ -22,6 +22,7 @@ from torch import nn
 from .predict import class_names, make_transform, top_k
 
 STATES_SHOWN = 8  # most concentrated states drawn per stage
+OWNER_MIN_RATIO = 1.5  # a token has an owner if some state weights it at least 1.5x the uniform 1/(H W)
 FIGURE_INCHES = (16.0, 10.0)
 FIGURE_DPI = 100
 FIGURE_SIZE_PX = (int(FIGURE_INCHES[0] * FIGURE_DPI), int(FIGURE_INCHES[1] * FIGURE_DPI))  # (width, height)
@@ -113,7 +114,7 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
     fig = plt.figure(figsize=FIGURE_INCHES, dpi=FIGURE_DPI, facecolor="white")
     grid = fig.add_gridspec(
         1 + len(report.maps), 1 + STATES_SHOWN, height_ratios=[1.3] + [1.0] * len(report.maps),
-        width_ratios=[1.35] + [1.0] * STATES_SHOWN, left=0.01, right=0.99, top=0.91, bottom=0.03,
+        width_ratios=[1.35] + [1.0] * STATES_SHOWN, left=0.01, right=0.99, top=0.91, bottom=0.04,
         wspace=0.1, hspace=0.3,
     )
     fig.suptitle(title, x=0.02, ha="left", fontsize=15, fontweight="bold")
@@ -158,19 +159,20 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
         eff = effective_tokens(maps)
         order = eff.argsort()  # most concentrated first
 
-        # owner of each token: the state whose map weights it most, coloured by that state's rank
+        # owner of each token: the state whose map weights it most, coloured by that state's rank;
+        # left uncoloured where even that weight is near uniform, since the argmax of noise means nothing
         owner = maps.argmax(0)
+        owned = maps.amax(0) * (h * w) >= OWNER_MIN_RATIO
         rank_of = torch.empty(n, dtype=torch.long)
         rank_of[order] = torch.arange(n)
-        owner_rank = rank_of[owner].float()
-        up = _upsample(owner_rank[None, None].squeeze(0), size, "nearest")[0].astype(int)
-        colours = np.array(palette[: max(n, 1)] * (n // len(palette) + 1))[:n]
+        up = _upsample(rank_of[owner].float()[None], size, "nearest")[0].astype(int)
+        up_owned = _upsample(owned.float()[None], size, "nearest")[0][..., None]
+        colours = np.array(palette * (n // len(palette) + 1))[:n]
         ax = fig.add_subplot(grid[s, 0])
-        ax.imshow(0.45 * muted + 0.55 * colours[up])
-        owners = torch.unique(owner)
-        ax.set_title(
-            f"stage {s}: {n} states, {h}x{w} tokens\nowner of each token ({len(owners)} states)", fontsize=9
-        )
+        ax.imshow(muted + up_owned * 0.55 * (colours[up] - muted))
+        owners = len(torch.unique(owner[owned]))
+        ownership = f"tokens owned by {owners} states" if owners else "no owners: every map near uniform"
+        ax.set_title(f"stage {s}: {n} states, {h}x{w} tokens\n{ownership}", fontsize=9)
         ax.axis("off")
 
         # brightness relative to each map's peak, but never brighter than twice the uniform weight
@@ -187,9 +189,10 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
                 spine.set_edgecolor(colours[rank_of[state]])
                 spine.set_linewidth(3)
     fig.text(
-        0.02, 0.005,
-        "Each map is one hidden state's softmax weights A over the tokens (sums to 1), last block of the stage; "
-        "states sorted by how few tokens they effectively read, exp(entropy); frame colours match the token owners.",
+        0.01, 0.004,
+        "Each map: one hidden state's softmax weights A over the tokens (sums to 1) in the stage's last block; states "
+        "sorted by the number of tokens they effectively read, exp(entropy).\nA token's owner is the state that "
+        f"weights it most, shown where that weight is at least {OWNER_MIN_RATIO}x uniform; frame colours match owners.",
         fontsize=8, color="#555555",
     )
     path = Path(path)
