@@ -198,6 +198,8 @@ def bad_inputs(tmp_path_factory, tiny_checkpoint) -> Path:
     "args, message",
     [
         (["predict", "{bad}/notes.txt", "--checkpoint", "{ckpt}"], "notes.txt is not an image Pillow can read"),
+        # random weights: the warning waits until the inputs are checked, so the error stays the only line
+        (["predict", "{bad}/notes.txt", "--model", "efficientvim_m1"], "notes.txt is not an image Pillow can read"),
         (["predict", "{bad}/sliver.png", "--checkpoint", "{ckpt}"], "sliver.png is 13x300 pixels, too small"),
         (["predict", "{bad}/narrow.png", "--checkpoint", "{ckpt}", "--img-size", "32"],
          "input size 32 is smaller than the network's total stride 64"),

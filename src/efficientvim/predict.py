@@ -141,16 +141,17 @@ def top_k(logits: torch.Tensor, k: int, names: Sequence[str]) -> list[list[dict]
     ]
 
 
-@torch.no_grad()
-def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_size: int = 16) -> Iterable[dict]:
-    """Yield ``{"image": path, "predictions": [...]}`` per file, in order.
-
-    Every file is read once before the model runs, so a bad file stops the run before any work
-    is done or output printed.
-    """
+def check_images(model: nn.Module, paths: Sequence[Path]) -> None:
+    """Read every file once, so that a bad one stops a run before any work is done or output printed."""
     min_side = min_image_side(model)
     for path in paths:
         load_image(path, min_side)
+
+
+@torch.no_grad()
+def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_size: int = 16) -> Iterable[dict]:
+    """Yield ``{"image": path, "predictions": [...]}`` per file, in order (``check_images`` first to fail early)."""
+    min_side = min_image_side(model)
     model.eval()
     transform = make_transform(model)
     names = class_names(model)

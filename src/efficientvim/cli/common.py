@@ -22,7 +22,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> nn.Module:
-    """The model named by ``--model`` and/or ``--checkpoint``, in eval mode; warns when weights are random."""
+    """The model named by ``--model`` and/or ``--checkpoint``, in eval mode."""
     if args.model is None and args.checkpoint is None:
         raise EfficientViMError("pass --model NAME, --checkpoint PATH or both (see `efficientvim models`)")
     if args.model is None:
@@ -31,10 +31,16 @@ def model_from_args(args: argparse.Namespace) -> nn.Module:
                 f"checkpoint {args.checkpoint} does not say which model it holds: pass --model NAME as well"
             )
         return load_model(args.checkpoint).eval()
-    model = create_model(args.model, checkpoint=args.checkpoint).eval()
-    if args.checkpoint is None and "." not in args.model:
-        print(
-            f"warning: no --checkpoint given, {args.model} has random weights: its predictions mean nothing",
-            file=sys.stderr,
-        )
-    return model
+    return create_model(args.model, checkpoint=args.checkpoint).eval()
+
+
+def has_random_weights(args: argparse.Namespace) -> bool:
+    """True when neither a checkpoint nor a weights tag (``efficientvim_m2.e450_in1k``) was given."""
+    return args.checkpoint is None and "." not in (args.model or "")
+
+
+def warn_if_random(args: argparse.Namespace) -> None:
+    """Say on stderr that the weights are random; called once the inputs are known good, so errors stay one line."""
+    if has_random_weights(args):
+        message = f"warning: no --checkpoint given, {args.model} has random weights: its outputs mean nothing"
+        print(message, file=sys.stderr)

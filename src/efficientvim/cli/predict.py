@@ -6,8 +6,8 @@ import argparse
 import json
 
 from ..errors import EfficientViMError
-from ..predict import classify_files, expand_inputs, set_input_size
-from .common import add_model_args, model_from_args
+from ..predict import check_images, classify_files, expand_inputs, set_input_size
+from .common import add_model_args, model_from_args, warn_if_random
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     if args.img_size is not None:
         set_input_size(model, args.img_size)
+    check_images(model, paths)
+    warn_if_random(args)
     results = classify_files(model, paths, args.topk, args.batch_size)
     if args.json:
         print(json.dumps(list(results), indent=2))

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import EfficientViMError
 from ..predict import load_image, min_image_side, set_input_size
 from ..viz import FIGURE_SIZE_PX, draw, state_report
-from .common import add_model_args, model_from_args
+from .common import add_model_args, has_random_weights, model_from_args, warn_if_random
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if args.img_size is not None:
         set_input_size(model, args.img_size)
     image = load_image(args.image, min_image_side(model))
+    warn_if_random(args)
     report = state_report(model, image)
-    random_weights = args.checkpoint is None and "." not in (args.model or "")
-    note = "random weights (no --checkpoint): the maps show an untrained network" if random_weights else ""
+    note = "random weights (no --checkpoint): the maps show an untrained network" if has_random_weights(args) else ""
     size = model.pretrained_cfg["input_size"][1]
     draw(report, out, title=f"{model.model_name}: hidden states on {Path(args.image).name} ({size}x{size})", note=note)
     print(f"wrote {out} ({FIGURE_SIZE_PX[0]}x{FIGURE_SIZE_PX[1]} px)")
