@@ -135,12 +135,12 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
         bars = ax.bar(pos, weights, width, label=name, color=["#4c72b0", "#dd8452"][j % 2])
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(np.arange(len(names)), names, fontsize=9)
-    ax.set_ylim(0, max(max(w) for _, w in series) * 1.25)
+    ax.set_ylim(0, max(max(w) for _, w in series) * (1.25 if len(series) == 1 else 1.45))
     ax.set_title("MSF head: fusion weights softmax(w)", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(axis="y", labelsize=8)
     if len(series) > 1:
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=8, frameon=False, ncol=len(series), loc="upper center")
 
     ax = fig.add_subplot(grid[0, 6:9])
     preds = report.predictions[::-1]
