@@ -101,17 +101,16 @@ def _short_label(label: str, width: int = 28) -> str:
 
 def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: str = "") -> Path:
     """Render ``report`` as one PNG of ``FIGURE_SIZE_PX`` pixels."""
+    # a bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     image = report.image
     size = image.shape[:2]
     gray = image.mean(-1, keepdims=True)
     muted = 0.35 * image + 0.35 * gray + 0.15  # a pale copy the overlays sit on
 
-    fig = plt.figure(figsize=FIGURE_INCHES, dpi=FIGURE_DPI, facecolor="white")
+    fig = Figure(figsize=FIGURE_INCHES, dpi=FIGURE_DPI, facecolor="white")
     grid = fig.add_gridspec(
         1 + len(report.maps), 1 + STATES_SHOWN, height_ratios=[1.3] + [1.0] * len(report.maps),
         width_ratios=[1.35] + [1.0] * STATES_SHOWN, left=0.01, right=0.99, top=0.91, bottom=0.04,
@@ -127,8 +126,8 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
     ax.axis("off")
 
     ax = fig.add_subplot(grid[0, 2:5])
-    names = ["stage 1 h", "stage 2 h", "stage 3 h", "final map"]
     series = list(report.fusion.items())
+    names = [f"stage {i + 1} h" for i in range(len(series[0][1]) - 1)] + ["final map"]
     width = 0.8 / len(series)
     for j, (name, weights) in enumerate(series):
         pos = np.arange(len(weights)) + (j - (len(series) - 1) / 2) * width
@@ -153,7 +152,7 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
     ax.spines[["top", "right", "bottom"]].set_visible(False)
     ax.set_xticks([])
 
-    palette = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors + plt.get_cmap("tab20c").colors
+    palette = sum((matplotlib.colormaps[name].colors for name in ("tab20", "tab20b", "tab20c")), ())
     for s, maps in enumerate(report.maps, start=1):
         n, h, w = maps.shape
         eff = effective_tokens(maps)
@@ -175,8 +174,8 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
         ax.set_title(f"stage {s}: {n} states, {h}x{w} tokens\n{ownership}", fontsize=9)
         ax.axis("off")
 
-        # brightness relative to each map's peak, but never brighter than twice the uniform weight
-        # 1 / (h w): a near-uniform map then looks evenly half-lit instead of showing amplified noise
+        # brightness relative to each map's peak, the peak taken as at least twice the uniform weight
+        # 1 / (h w): a near-uniform map then looks evenly half-lit instead of amplifying its noise
         spot = _upsample(maps[order[:STATES_SHOWN]], size, "bilinear") * (h * w)
         for j, state in enumerate(order[:STATES_SHOWN].tolist()):
             ax = fig.add_subplot(grid[s, 1 + j])
@@ -198,5 +197,4 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=FIGURE_DPI)
-    plt.close(fig)
     return path
