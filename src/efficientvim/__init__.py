@@ -7,7 +7,7 @@ Quick use::
     y, h = efficientvim.HSMSSD(dim=64, state_dim=16)(torch.randn(1, 64, 17, 23))
 """
 
-from .errors import CheckpointError, EfficientViMError, InputSizeError, UnknownModelError
+from .errors import CheckpointError, EfficientViMError, ImageFileError, InputSizeError, UnknownModelError
 from .flops import count_flops
 from .hsm_ssd import HSMSSD
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures
@@ -23,6 +23,7 @@ __all__ = [
     "EfficientViMBlock",
     "EfficientViMError",
     "EfficientViMFeatures",
+    "ImageFileError",
     "InputSizeError",
     "UnknownModelError",
     "count_flops",

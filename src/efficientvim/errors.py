@@ -17,3 +17,7 @@ class CheckpointError(EfficientViMError, ValueError):
 
 class InputSizeError(EfficientViMError, ValueError):
     """An input tensor or image that the network cannot process (too small, wrong channels)."""
+
+
+class ImageFileError(EfficientViMError, ValueError):
+    """An image file that cannot be read: not an image, truncated or corrupt."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from ..errors import EfficientViMError
 
 # subcommand modules, in the order ``efficientvim --help`` lists them
-COMMANDS = ("models",)
+COMMANDS = ("models", "predict", "visualize", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,4 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) left: stop quietly, and keep Python from complaining at exit
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (must stay open until exit)
+        return 141
     return int(result or 0)

@@ -1,0 +1,163 @@
+"""Classify image files: read any image, apply the model's own preprocessing, return the top-k classes.
+
+Images of any mode are read as RGB the way a person would see them: EXIF rotation applied,
+transparency composited over white, 16-bit and float images rescaled (not clipped) to 8 bits.
+Preprocessing is the model's own (``timm.data.resolve_model_data_config`` on its
+``pretrained_cfg``: resize, centre crop, mean/std), so a checkpoint saved with other
+preprocessing is used as it was trained.
+
+"Too small" has two meanings here. The network input must be at least the total stride (64):
+``set_input_size`` refuses smaller sizes. An image itself is always resized to that input, so
+any size could be fed, but an image whose shorter side has fewer pixels than the first stage
+has tokens per side (input size / 16, i.e. 14 at 224) gives every token nothing but
+interpolated blur; ``load_image`` refuses such images rather than return a confident guess.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from .errors import ImageFileError, InputSizeError
+from .model import STEM_STRIDE
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders as their image files (recursively, sorted), globs as their matches."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file())
+            if not found:
+                raise FileNotFoundError(f"no files match {item}")
+            paths.extend(found)
+        else:
+            raise FileNotFoundError(f"{item} not found: check the path")
+    return list(dict.fromkeys(paths))
+
+
+def min_image_side(model: nn.Module) -> int:
+    """The shortest image side accepted: one pixel per first-stage token of the model's input."""
+    return math.ceil(min(model.pretrained_cfg["input_size"][1:]) / STEM_STRIDE)
+
+
+def set_input_size(model: nn.Module, size: int) -> None:
+    """Make the model's preprocessing produce ``size`` x ``size`` inputs (its weights fit any size)."""
+    if size < model.total_stride:
+        trained = model.pretrained_cfg["input_size"][1]
+        raise InputSizeError(
+            f"input size {size} is smaller than the network's total stride {model.total_stride}: "
+            f"use {model.total_stride} or more (the model was made for {trained})"
+        )
+    cfg = model.pretrained_cfg
+    cfg["input_size"] = (cfg["input_size"][0], size, size)
+
+
+def load_image(path: str | os.PathLike, min_side: int = 1) -> Image.Image:
+    """Read an image file as an upright RGB image, or raise ImageFileError / InputSizeError naming it."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not inside the transform
+            image = _to_rgb(ImageOps.exif_transpose(im))
+    except UnidentifiedImageError:
+        raise ImageFileError(
+            f"{path} is not an image Pillow can read: pass JPEG, PNG, WebP, TIFF, BMP or GIF files"
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImageFileError(f"{path} could not be decoded ({reason}): the file is truncated or corrupt") from None
+    if min(image.size) < min_side:
+        raise InputSizeError(
+            f"{path} is {image.width}x{image.height} pixels, too small: the model needs a shorter side of "
+            f"at least {min_side} px (one pixel per first-stage token); use a larger image"
+        )
+    return image
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in _HIGH_DEPTH_MODES:
+        # Pillow's convert clips 16-bit values at 255; rescale 0..65535 (or a float image in 0..1) instead
+        arr = np.asarray(im, dtype=np.float64)
+        unit = im.mode == "F" and arr.max(initial=0.0) <= 1.0
+        arr = arr * 255.0 if unit else arr if im.mode == "F" else arr / 257.0
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def make_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's evaluation preprocessing as a timm transform: PIL image -> normalised (C, H, W) tensor."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    return create_transform(**resolve_model_data_config(model))
+
+
+def class_names(model: nn.Module) -> list[str]:
+    """The model's class names: its checkpoint's own, else ImageNet-1k's for 1000 classes, else ``class i``."""
+    names = model.pretrained_cfg.get("label_names")
+    if names and len(names) == model.num_classes:
+        return list(names)
+    if model.num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f"class {i}" for i in range(model.num_classes)]
+
+
+def top_k(logits: torch.Tensor, k: int, names: Sequence[str]) -> list[list[dict]]:
+    """Per row of ``logits``, the ``k`` most likely classes with their softmax probabilities, most likely first."""
+    probs = logits.detach().float().softmax(dim=-1)
+    values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [
+        [
+            dict(rank=r + 1, index=int(i), label=names[int(i)], probability=float(p))
+            for r, (p, i) in enumerate(zip(row_p, row_i))
+        ]
+        for row_p, row_i in zip(values, indices)
+    ]
+
+
+def check_images(model: nn.Module, paths: Sequence[Path]) -> None:
+    """Read every file once, so that a bad one stops a run before any work is done or output printed."""
+    min_side = min_image_side(model)
+    for path in paths:
+        load_image(path, min_side)
+
+
+@torch.no_grad()
+def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_size: int = 16) -> Iterable[dict]:
+    """Yield ``{"image": path, "predictions": [...]}`` per file, in order (``check_images`` first to fail early)."""
+    min_side = min_image_side(model)
+    model.eval()
+    transform = make_transform(model)
+    names = class_names(model)
+    param = next(model.parameters())
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        batch = torch.stack([transform(load_image(p, min_side)) for p in chunk]).to(param.device, param.dtype)
+        for path, preds in zip(chunk, top_k(model(batch), k, names)):
+            yield dict(image=str(path), predictions=preds)
