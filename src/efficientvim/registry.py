@@ -91,11 +91,18 @@ def _default_cfg(name: str, img_size: int, in_chans: int, num_classes: int) -> d
 def download_pretrained(name: str, tag: str | None) -> str:
     """Fetch timm's published weights for ``name`` (cached by huggingface_hub) and return the file path."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hf_logging
 
     tag = tag or PRETRAINED_TAGS["_dist" if name.endswith("_dist") else ""][0]
     repo = f"timm/{name}.{tag}"
     try:
-        return hf_hub_download(repo, "model.safetensors")
+        # the hub logs every retry; the failure is reported below in one line instead
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return hf_hub_download(repo, "model.safetensors")
+        finally:
+            hf_logging.set_verbosity(level)
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
         why = "offline mode (HF_HUB_OFFLINE) is set" if offline else f"the download failed: {type(e).__name__}"

@@ -61,10 +61,7 @@ class Checkpoint:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for truncated or hostile pickles
-            raise CheckpointError(
-                f"checkpoint {path} could not be read safely ({_short(e)}): it is truncated, not a "
-                "PyTorch/safetensors file, or contains code; only tensors and plain containers are accepted"
-            ) from None
+            raise CheckpointError(f"checkpoint {path} {_why_unreadable(head, e)}") from None
         return self._unwrap(obj, key)
 
     def _unwrap(self, obj: object, key: str | None) -> dict[str, torch.Tensor]:
@@ -101,6 +98,20 @@ class Checkpoint:
 def _looks_like_safetensors(head: bytes) -> bool:
     # 8-byte little-endian header length, then a JSON object
     return len(head) > 9 and head[8:9] == b"{"
+
+
+def _why_unreadable(head: bytes, error: BaseException) -> str:
+    """Say in words why ``torch.load(weights_only=True)`` refused a file starting with ``head``."""
+    text = str(error)
+    is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head.startswith(b"\x80")
+    if not (is_zip or is_pickle):
+        return "is not a PyTorch or safetensors file: pass a .pth/.pt/.bin state dict or a .safetensors file"
+    if "Unsupported global" in text or "Unsupported operand" in text or "not an allowed global" in text:
+        return (
+            "holds Python objects besides tensors, which would run code when loaded, so it was not loaded; "
+            "re-save its state dict (torch.save(model.state_dict(), path)) or use safetensors"
+        )
+    return "is truncated or damaged and cannot be read: download or save it again"
 
 
 def _short(e: BaseException) -> str:
