@@ -17,3 +17,11 @@ class CheckpointError(EfficientViMError, ValueError):
 
 class InputSizeError(EfficientViMError, ValueError):
     """An input tensor or image that the network cannot process (too small, wrong channels)."""
+
+
+class DataError(EfficientViMError, ValueError):
+    """A dataset that cannot be used as given: missing splits, mismatched classes, unreadable images."""
+
+
+class TrainingDivergedError(EfficientViMError, RuntimeError):
+    """Training produced a non-finite loss; the last good checkpoint is kept."""
