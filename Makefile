@@ -20,3 +20,6 @@ test: lint
 
 demo: install
 	$(VENV)/bin/efficientvim demo
+
+train: install
+	$(VENV)/bin/efficientvim train

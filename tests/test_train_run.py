@@ -9,10 +9,10 @@ import re
 import pytest
 import torch
 from safetensors import safe_open
-from train_helpers import make_folder, write_config
 
 import efficientvim
 from efficientvim.cli import main
+from train_helpers import make_folder, write_config
 
 
 def train(tmp_path, *args: str, config_changes: dict | None = None) -> int:

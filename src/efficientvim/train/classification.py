@@ -250,7 +250,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         logits, logits_dist = out if isinstance(out, tuple) else (out, None)
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(teacher.normalize_input(x))
+                teacher_logits = teacher(x)  # same ImageNet normalisation as the student
             loss = distillation_loss(criterion(logits, target), logits_dist if logits_dist is not None else logits,
                                      teacher_logits, cfg.distillation, cfg.distill_alpha, cfg.distill_tau)
         else:
