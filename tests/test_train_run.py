@@ -154,3 +154,24 @@ def test_distillation_without_teacher_weights_is_refused(tmp_path, capsys):
     code = train(tmp_path, "--data", str(data), "--output", str(tmp_path / "out"), "--distillation", "hard")
     assert code == 2
     assert "--teacher-checkpoint" in capsys.readouterr().err
+
+
+def test_accumulation_steps_the_optimizer_once_per_window(tmp_path):
+    data = make_folder(tmp_path / "data")  # 24 images, batch 4: 6 micro-batches per epoch
+    out = tmp_path / "out"
+    assert train(tmp_path, "--data", str(data), "--output", str(out), "--accum-steps", "2") == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["fit_state"]["updates"] == 2 * 3
+    assert state["optimizer"]["state"][0]["step"].item() == 2 * 3
+
+
+def test_eval_takes_an_authors_style_checkpoint_with_a_model_name(tmp_path, capsys):
+    data = make_folder(tmp_path / "data")
+    model = efficientvim.create_model("efficientvim_m1", num_classes=4)
+    path = tmp_path / "EfficientViM_M1_custom.pth"
+    torch.save({"model": model.state_dict(), "epoch": 3}, path)
+    assert main(["eval", "--checkpoint", str(path), "--data", str(data), "--workers", "0"]) == 2
+    assert "pass --model NAME" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(path), "--model", "efficientvim_m1", "--data", str(data),
+                 "--img-size", "64", "--workers", "0"]) == 0
+    assert re.search(r"efficientvim_m1 at 64px on 12 images: top-1 [\d.]+%  top-5 100.00%", capsys.readouterr().out)
