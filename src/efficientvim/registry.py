@@ -193,6 +193,7 @@ def load_model(path: str | os.PathLike, **kwargs) -> nn.Module:
             f"checkpoint {path} does not name its architecture: use create_model(NAME, checkpoint=...)"
         )
     kwargs.setdefault("in_chans", ckpt.metadata.get("in_chans", 3))
-    # constructor overrides the file was trained with (e.g. a narrower embed_dim)
-    kwargs = {**(ckpt.metadata.get("model_args") or {}), **kwargs}
+    for key in ("embed_dim", "depths", "state_dim"):
+        if ckpt.metadata.get(key):
+            kwargs.setdefault(key, tuple(ckpt.metadata[key]))
     return create_model(arch, checkpoint=path, **kwargs)

@@ -204,6 +204,8 @@ def save_weights(
         "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
         "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
         "class_names": list(names) if names is not None else None,
+        # the stage layout, so load_model also rebuilds models made with overrides of a registered variant
+        **{k: list(getattr(model, k)) for k in ("embed_dim", "depths", "state_dim") if hasattr(model, k)},
         **extra,
     }
     if meta["architecture"] is None:

@@ -24,9 +24,10 @@ from ..errors import CheckpointError, DataError
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, create_model, load_model
 from ..weights import Checkpoint, save_weights
 from .engine import Distributed, FitResult, Loop, ResumableSampler, all_reduce_sum, fit, init_distributed, unwrap
-from .recipes import TrainConfig, plain
+from .recipes import TrainConfig
 
 BEST = "best.safetensors"
+STAGE_LAYOUT = ("embed_dim", "depths", "state_dim")
 FINAL = "last.safetensors"
 
 
@@ -177,7 +178,9 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         say(f"distillation trains the distilled heads: using {name}")
     model_args = dict(cfg.model_args)
     if cfg.checkpoint and not model_args:
-        model_args = dict(_checkpoint_metadata(cfg.checkpoint).get("model_args") or {})
+        # a checkpoint of a narrowed variant records its stage layout (save_weights metadata)
+        meta = Checkpoint(cfg.checkpoint).metadata
+        model_args = {k: meta[k] for k in STAGE_LAYOUT if meta.get(k)}
 
     # data, normalised with the ImageNet statistics the published weights expect
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -237,8 +240,6 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         criterion = nn.CrossEntropyLoss()
     teacher = load_teacher(cfg, len(classes), d.device) if cfg.distillation != "none" else None
     mesa_from = int(cfg.mesa_start * cfg.epochs)
-    if cfg.mesa > 0 and ema is None:
-        raise DataError("MESA distils from the EMA model: keep ema on or set mesa to 0")
 
     def loss_fn(m: nn.Module, batch, epoch: int) -> tuple[torch.Tensor, int]:
         x, y = batch
@@ -283,13 +284,12 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         return dict(architecture=name, num_classes=len(classes), in_chans=3, class_names=list(classes),
                     input_size=[3, cfg.img_size, cfg.img_size], crop_pct=cfg_dict["crop_pct"],
                     interpolation=cfg_dict["interpolation"], mean=list(mean), std=list(std),
-                    model_args=plain(model_args), config=cfg.to_dict())
+                    **{k: list(getattr(unwrap(model), k)) for k in STAGE_LAYOUT}, config=cfg.to_dict())
 
     def export(path: Path, metrics: dict[str, float], epoch: int) -> None:
         weights, which = better_weights(metrics)
         top1 = metrics["ema_top1"] if which == "ema" else metrics["top1"]
-        save_weights(weights, path, class_names=list(classes), model_args=plain(model_args), weights=which,
-                     epoch=epoch, top1=round(top1, 4))
+        save_weights(weights, path, class_names=list(classes), weights=which, epoch=epoch, top1=round(top1, 4))
 
     loop = Loop(
         model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, loss_fn=loss_fn,
@@ -317,10 +317,6 @@ def _summary(result: FitResult, output: Path, seconds: float) -> str:
         top5 = m["ema_top5"] if m.get("ema_top1", -1.0) >= m["top1"] else m["top5"]
         text += f", last epoch top-1 {top1:.2f}% top-5 {top5:.2f}%"
     return text + f"; weights in {output / BEST}"
-
-
-def _checkpoint_metadata(path: str) -> dict:
-    return Checkpoint(path).metadata
 
 
 def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:

@@ -100,15 +100,15 @@ class TrainConfig:
         return self.epochs + self.cooldown_epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def plain(value: Any) -> Any:
+def _plain(value: Any) -> Any:
     # tuples become lists so the dict is YAML- and torch.load(weights_only=True)-friendly
     if isinstance(value, tuple | list):
-        return [plain(v) for v in value]
+        return [_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
@@ -200,6 +200,8 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig(**values)
     if cfg.distillation not in ("none", "hard", "soft"):
         raise ConfigError(f"distillation must be none, hard or soft, not {cfg.distillation!r}")
+    if cfg.mesa > 0 and not cfg.ema:
+        raise ConfigError("MESA distils from the EMA model: keep ema on or set mesa to 0")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1:
         raise ConfigError("epochs, batch_size and accum_steps must be at least 1")
     return cfg
