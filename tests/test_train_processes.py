@@ -68,41 +68,40 @@ def test_two_process_ddp_run_reduces_metrics_and_writes_once(tmp_path, capsys):
 
 
 def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path):
-    data = make_folder(tmp_path / "data", per_class={"train": 12, "val": 3})
+    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
     out = tmp_path / "out"
-    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=3)]
+    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "last.pt", proc)
+    wait_for(out / "last.pt", proc)  # epoch 1 is saved; epoch 2 (24 batches) is starting
     proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
     proc.wait(timeout=30)
     saved = torch.load(out / "last.pt", weights_only=True)["fit_state"]
     assert saved["epoch"] >= 1 and proc.returncode == -signal.SIGKILL
     rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resumed from {out / 'last.pt'} at epoch {saved['epoch'] + 1}/3" in rerun.stdout
-    assert f"epoch {saved['epoch']}/3" not in rerun.stdout.split("resumed from")[1]  # finished epochs not redone
-    assert epochs_logged(out) == [1, 2, 3]
-    assert torch.load(out / "last.pt", weights_only=True)["fit_state"]["epoch"] == 3
+    assert f"resumed from {out / 'last.pt'} at epoch {saved['epoch'] + 1}/2" in rerun.stdout
+    assert f"epoch {saved['epoch']}/2" not in rerun.stdout.split("resumed from")[1]  # finished epochs not redone
+    assert epochs_logged(out) == [1, 2]
+    assert torch.load(out / "last.pt", weights_only=True)["fit_state"]["epoch"] == 2
 
 
 def test_sigterm_saves_a_checkpoint_that_the_rerun_continues(tmp_path):
-    data = make_folder(tmp_path / "data", per_class={"train": 12, "val": 3})
+    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
     out = tmp_path / "out"
-    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=3)]
+    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "last.pt", proc)
-    time.sleep(0.3)  # most likely inside epoch 2
+    wait_for(out / "last.pt", proc)  # epoch 1 is saved; epoch 2 (24 batches) is starting
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
     saved = torch.load(out / "last.pt", weights_only=True)["fit_state"]
     if saved["step"]:  # stopped inside an epoch: the position is the one reported
         assert f"SIGTERM: saved {out / 'last.pt'} at epoch {saved['epoch'] + 1}, batch {saved['step']}" in log
-        resumed_at = f"at epoch {saved['epoch'] + 1}/3, batch {saved['step']}"
+        resumed_at = f"at epoch {saved['epoch'] + 1}/2, batch {saved['step']}"
     else:
         assert f"SIGTERM: saved {out / 'last.pt'} after epoch {saved['epoch']}" in log
-        resumed_at = f"at epoch {saved['epoch'] + 1}/3"
+        resumed_at = f"at epoch {saved['epoch'] + 1}/2"
     rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert resumed_at in rerun.stdout
-    assert epochs_logged(out) == [1, 2, 3]
+    assert epochs_logged(out) == [1, 2]

@@ -23,7 +23,17 @@ from ..data import build_datasets
 from ..errors import CheckpointError, DataError
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, create_model, load_model
 from ..weights import Checkpoint, save_weights
-from .engine import Distributed, FitResult, Loop, ResumableSampler, all_reduce_sum, fit, init_distributed, unwrap
+from .engine import (
+    Distributed,
+    FitResult,
+    Loop,
+    ResumableSampler,
+    all_reduce_sum,
+    fit,
+    init_distributed,
+    seed_all,
+    unwrap,
+)
 from .recipes import TrainConfig
 
 BEST = "best.safetensors"
@@ -168,6 +178,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
 
     start = time.time()
     d = init_distributed()
+    seed_all(cfg.seed)  # the initial weights; fit() reseeds every epoch
     say = log if d.is_main else (lambda *a, **k: None)
     output = Path(cfg.output)
     resuming = (output / "last.pt").exists()
