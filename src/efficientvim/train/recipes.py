@@ -149,7 +149,7 @@ DEFAULT_RECIPE = "small"
 DIGITS_DEFAULTS: dict[str, Any] = {
     "model_args": {"embed_dim": (64, 96, 160)},
     "img_size": 64,
-    "epochs": 12,
+    "epochs": 15,
     "scale": (0.6, 1.0),
     "hflip": 0.0,
     "auto_augment": None,
