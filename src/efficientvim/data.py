@@ -45,7 +45,8 @@ class ImageFiles(Dataset):
         self.reader = create_reader("", root=str(root), class_map=class_to_idx or "")
         if len(self.reader) == 0:
             raise DataError(f"no images found under {root}: expected one sub-folder of images per class")
-        self.class_to_idx = dict(self.reader.class_to_idx)
+        # the folder reader calls its class map class_to_idx, the tar reader class_name_to_idx
+        self.class_to_idx = dict(getattr(self.reader, "class_to_idx", None) or self.reader.class_name_to_idx)
         self.class_names = sorted(self.class_to_idx, key=self.class_to_idx.get)
         self.transform = transform
         self.strict = strict
@@ -209,7 +210,8 @@ def _timm_datasets(data, dataset, train_transform, val_transform, need_train):
 
 def _timm_class_names(ds) -> list[str]:
     reader = getattr(ds, "reader", None)
-    mapping = getattr(reader, "class_to_idx", None) or getattr(ds, "class_to_idx", None)
+    mapping = (getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", None)
+               or getattr(ds, "class_to_idx", None))
     if mapping:
         return sorted(mapping, key=mapping.get)
     classes = getattr(ds, "classes", None)
