@@ -105,3 +105,5 @@ def test_sigterm_saves_a_checkpoint_that_the_rerun_continues(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert resumed_at in rerun.stdout
     assert epochs_logged(out) == [1, 2]
+    # 96 images in batches of 4: every batch trained exactly once across the interruption
+    assert torch.load(out / "last.pt", weights_only=True)["fit_state"]["updates"] == 2 * 24
