@@ -184,3 +184,11 @@ def test_eval_takes_an_authors_style_checkpoint_with_a_model_name(tmp_path, caps
     assert main(["eval", "--checkpoint", str(path), "--model", "efficientvim_m1", "--data", str(data),
                  "--img-size", "64", "--workers", "0"]) == 0
     assert re.search(r"efficientvim_m1 at 64px on 12 images: top-1 [\d.]+%  top-5 100.00%", capsys.readouterr().out)
+
+
+def test_resuming_into_a_run_of_another_model_is_refused(tmp_path, trained, capsys):
+    code = train(trained["out"].parent, "--data", str(trained["data"]), "--output", str(trained["out"]),
+                 config_changes={"model_args": {"embed_dim": [32, 48, 96]}})
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume from {trained['out'] / 'last.pt'}: it belongs to a different model" in err

@@ -281,10 +281,16 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
     state, resumed = FitState(), False
     if last.exists():
         saved = load_training_state(last)
-        net.load_state_dict(saved["model"])
-        if loop.ema is not None and "model_ema" in saved:
-            loop.ema.module.load_state_dict(saved["model_ema"])
-        opt.load_state_dict(saved["optimizer"])
+        try:
+            net.load_state_dict(saved["model"])
+            if loop.ema is not None and "model_ema" in saved:
+                loop.ema.module.load_state_dict(saved["model_ema"])
+            opt.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"cannot resume from {last}: it belongs to a different model or setup "
+                f"({str(e).strip().splitlines()[0][:120]}); use another --output or move it away"
+            ) from None
         if scaler is not None and "scaler" in saved:
             scaler.load_state_dict(saved["scaler"])
         state, resumed = FitState(**saved["fit_state"]), True
