@@ -21,5 +21,7 @@ test: lint
 demo: install
 	$(VENV)/bin/efficientvim demo
 
+# the main job: EfficientViM on scikit-learn's digits, >= 97% val top-1 in minutes on 2 CPU cores.
+# Passive OpenMP waiting keeps two torch threads fast when other processes share the cores.
 train: install
-	$(VENV)/bin/efficientvim train
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/efficientvim train
