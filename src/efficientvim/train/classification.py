@@ -100,7 +100,7 @@ def evaluate(
             dtype=torch.float64,
         )
     model.train(was_training)
-    sums = all_reduce_sum(sums.to(d.device), d).cpu()
+    sums = all_reduce_sum(sums, d)
     n = max(sums[3].item(), 1)
     return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
             "images": int(sums[3].item())}

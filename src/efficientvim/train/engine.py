@@ -73,11 +73,11 @@ def init_distributed(device: str | None = None) -> Distributed:
 
 
 def all_reduce_sum(values: torch.Tensor, d: Distributed) -> torch.Tensor:
-    """Sum ``values`` over all processes (returned unchanged in a single process)."""
+    """Sum ``values`` over all processes, returned on the CPU (unchanged in a single process)."""
     if d.enabled:
-        values = values.clone()
+        values = values.to(d.device, copy=True)  # nccl reduces CUDA tensors only
         dist.all_reduce(values)
-    return values
+    return values.cpu()
 
 
 class ResumableSampler(DistributedSampler):
@@ -377,7 +377,8 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
                 state.best_score, state.best_epoch = score, epoch + 1
                 if d.is_main:
                     loop.save_best(metrics, epoch + 1)
-            reduced = all_reduce_sum(torch.tensor([loss_sum, float(loss_n), float(seen)]), d)
+            stop_now = float(stop.signum is not None)
+            reduced = all_reduce_sum(torch.tensor([loss_sum, float(loss_n), float(seen), stop_now]), d)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": round(float(reduced[0] / max(reduced[1], 1)), 5),
@@ -389,11 +390,11 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
             metrics_log.log(record)
             save_last()
             loop.log(_epoch_line(record, loop.epochs))
-            if stop.signum is not None:
-                name = signal.Signals(stop.signum).name
+            if reduced[3] > 0:  # every process stops after the same epoch
+                name = signal.Signals(stop.signum or signal.SIGTERM).name
                 loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
                 metrics_log.close()
-                return FitResult(state, metrics, stopped_by=stop.signum, resumed=resumed)
+                return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
     metrics_log.close()
     return FitResult(state, metrics, resumed=resumed)
 
