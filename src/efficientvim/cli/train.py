@@ -36,8 +36,13 @@ FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a classifier (default: digits, under 5 minutes on CPU)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a classifier (default: digits, under 5 minutes on CPU)",
+        description="Train or fine-tune an EfficientViM classifier; with no --data, on scikit-learn's digits. "
+        "Settings come from the recipe, then the YAML --config file, then these options. Running the same "
+        "command again with the same --output resumes from its last.pt.",
+    )
     p.add_argument("--recipe", choices=recipe_names(), help=f"hyper-parameter set (default {DEFAULT_RECIPE})")
     p.add_argument("--config", metavar="YAML", help="YAML file of TrainConfig keys; options given here win")
     for field, (kind, text) in OPTIONS.items():
