@@ -15,6 +15,14 @@ class CheckpointError(EfficientViMError, ValueError):
     """A checkpoint file that is missing, unreadable, foreign or for another architecture."""
 
 
+class DataError(EfficientViMError, ValueError):
+    """A dataset that cannot be used as given: missing splits, mismatched classes, unreadable images."""
+
+
+class TrainingDivergedError(EfficientViMError, RuntimeError):
+    """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+
 class InputSizeError(EfficientViMError, ValueError):
     """An input tensor or image that the network cannot process (too small, wrong channels)."""
 

@@ -67,6 +67,7 @@ class Checkpoint:
     def _unwrap(self, obj: object, key: str | None) -> dict[str, torch.Tensor]:
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"checkpoint {self.path} holds a {type(obj).__name__}, not a state dict")
+        envelope = obj
         if key is not None:
             if not isinstance(obj.get(key), Mapping):
                 found = [k for k, v in obj.items() if isinstance(v, Mapping)]
@@ -85,8 +86,10 @@ class Checkpoint:
                 state[k[len("module.") :] if k.startswith("module.") else k] = v
         if not state:
             raise CheckpointError(f"checkpoint {self.path} holds no tensors")
-        if isinstance(obj.get("metadata"), Mapping):
-            self.metadata = dict(obj["metadata"])
+        # metadata sits beside the weights, or beside the state dicts of a training envelope
+        meta = obj.get("metadata", envelope.get("metadata"))
+        if isinstance(meta, Mapping):
+            self.metadata = dict(meta)
         return state
 
     @property

@@ -1,0 +1,387 @@
+"""Image classification with EfficientViM: the paper's recipe on top of ``engine.fit``.
+
+The pieces are timm's: ``create_transform`` (RandAugment, colour jitter, random erasing),
+``Mixup`` (Mixup/CutMix and label smoothing), the soft-target and label-smoothing losses,
+``create_optimizer_v2`` (AdamW, no decay on norms, biases and the HSM-SSD skip ``D``),
+``create_scheduler_v2`` (cosine, warm-up, cool-down), ``ModelEmaV3`` and ``DistillationTeacher``.
+What is ours: the MESA and DeiT distillation losses, evaluation, and the wiring.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import build_datasets
+from ..errors import CheckpointError, DataError
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, create_model, load_model
+from ..weights import Checkpoint, save_weights
+from .engine import (
+    Distributed,
+    FitResult,
+    Loop,
+    ResumableSampler,
+    all_reduce_sum,
+    fit,
+    init_distributed,
+    seed_all,
+    unwrap,
+)
+from .recipes import TrainConfig
+
+BEST = "best.safetensors"
+STAGE_LAYOUT = ("embed_dim", "depths", "state_dim")
+FINAL = "last.safetensors"
+
+
+# ---------------------------------------------------------------- losses
+
+
+def mesa_loss(logits: torch.Tensor, ema_logits: torch.Tensor) -> torch.Tensor:
+    """MESA self-distillation term: soft-target cross-entropy towards the EMA model's softmax."""
+    target = ema_logits.detach().float().softmax(dim=-1)
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def distillation_loss(
+    base_loss: torch.Tensor,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    alpha: float,
+    tau: float,
+) -> torch.Tensor:
+    """DeiT distillation: (1 - alpha) * base + alpha * (CE to the teacher's argmax | tau^2-scaled KL)."""
+    teacher_logits = teacher_logits.detach().float()
+    student_logits = student_logits.float()
+    if kind == "hard":
+        distill = F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+    elif kind == "soft":
+        distill = F.kl_div(
+            F.log_softmax(student_logits / tau, dim=-1),
+            F.log_softmax(teacher_logits / tau, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (tau * tau)
+    else:
+        raise ValueError(f"distillation kind must be hard or soft, not {kind!r}")
+    return (1 - alpha) * base_loss + alpha * distill
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, d: Distributed, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over ``loader``, summed over all processes."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
+    for x, y in loader:
+        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+        with torch.autocast(d.device.type, amp_dtype or torch.float32, amp_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(y[:, None])
+        sums += torch.tensor(
+            [hits[:, 0].sum().item(), hits.any(dim=1).sum().item(),
+             F.cross_entropy(logits, y, reduction="sum").item(), len(y)],
+            dtype=torch.float64,
+        )
+    model.train(was_training)
+    sums = all_reduce_sum(sums, d)
+    n = max(sums[3].item(), 1)
+    return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
+            "images": int(sums[3].item())}
+
+
+class _Shard(torch.utils.data.Sampler):
+    """Every ``world``-th index from ``rank``: each image evaluated exactly once over all processes."""
+
+    def __init__(self, n: int, d: Distributed) -> None:
+        self.indices = list(range(d.rank, n, d.world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, workers: int, d: Distributed) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=_Shard(len(dataset), d), num_workers=workers,
+                      pin_memory=d.device.type == "cuda")
+
+
+def eval_transform(img_size: int, cfg: dict):
+    """Resize, centre crop by ``crop_pct`` and normalise, as the model's preprocessing says."""
+    from timm.data import create_transform
+
+    return create_transform(img_size, is_training=False, interpolation=cfg["interpolation"],
+                            mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"])
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    fit: FitResult
+    best_top1: float
+    best_epoch: int
+    output: Path
+    summary: str
+
+
+def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
+    if not amp:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int, batches_per_epoch: int):
+    """AdamW without decay on norms, biases and ``model.no_weight_decay()``, and its per-update cosine
+    schedule with warm-up and cool-down, learning rates scaled to the total batch.
+
+    Returns (optimizer, scheduler, epochs including cool-down).
+    """
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    lr, warmup_lr, min_lr = cfg.scaled_lrs(world_size)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    betas=tuple(cfg.betas), eps=cfg.eps)
+    scheduler, total_epochs = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
+        warmup_epochs=cfg.warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr,
+        step_on_epochs=False, updates_per_epoch=math.ceil(batches_per_epoch / cfg.accum_steps),
+    )
+    return optimizer, scheduler, total_epochs
+
+
+def train(cfg: TrainConfig, log=print) -> TrainResult:
+    """Train (or resume) an EfficientViM classifier as ``cfg`` says; return the best top-1 and a summary."""
+    from timm.data import Mixup, create_transform
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    start = time.time()
+    d = init_distributed()
+    seed_all(cfg.seed)  # the initial weights; fit() reseeds every epoch
+    say = log if d.is_main else (lambda *a, **k: None)
+    output = Path(cfg.output)
+    resuming = (output / "last.pt").exists()
+
+    name = cfg.model
+    if cfg.distillation != "none" and not name.endswith("_dist"):
+        name += "_dist"  # DeiT distillation trains the second (distillation) MSF head
+        say(f"distillation trains the distilled heads: using {name}")
+    model_args = dict(cfg.model_args)
+    if cfg.checkpoint and not model_args:
+        # a checkpoint of a narrowed variant records its stage layout (save_weights metadata)
+        meta = Checkpoint(cfg.checkpoint).metadata
+        model_args = {k: meta[k] for k in STAGE_LAYOUT if meta.get(k)}
+
+    # data, normalised with the ImageNet statistics the published weights expect
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    train_tf = create_transform(
+        cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,
+        auto_augment=cfg.auto_augment, interpolation=cfg.interpolation, mean=mean, std=std,
+        re_prob=cfg.reprob, re_mode=cfg.remode, re_count=1,
+    )
+    preprocess = dict(interpolation=cfg.interpolation, mean=mean, std=std, crop_pct=cfg.crop_pct)
+    train_ds, val_ds, classes = build_datasets(
+        cfg.data, cfg.dataset, train_tf, eval_transform(cfg.img_size, preprocess), strict=cfg.strict_data
+    )
+    per_process = len(train_ds) // d.world_size
+    if per_process < cfg.batch_size:
+        raise DataError(
+            f"the training split has {len(train_ds)} images ({per_process} per process), fewer than one batch of "
+            f"{cfg.batch_size}: lower --batch-size"
+        )
+    source = cfg.data or "the embedded scikit-learn digits"
+    say(f"data: {source}: {len(train_ds)} train / {len(val_ds)} val images, {len(classes)} classes")
+
+    # model
+    init = None if resuming else cfg.checkpoint
+    model = create_model(name, checkpoint=init, num_classes=len(classes), drop_path_rate=cfg.drop_path,
+                         img_size=cfg.img_size, **model_args)
+    if init:
+        reset = Checkpoint(init).num_classes not in (None, len(classes))
+        say(f"initialised from {init}" + (f" (MSF heads reset for {len(classes)} classes)" if reset else ""))
+    model.pretrained_cfg.update(input_size=(3, cfg.img_size, cfg.img_size), label_names=list(classes), **preprocess)
+    model.to(d.device)
+    params = sum(p.numel() for p in model.parameters())
+    say(f"model: {name}, {params / 1e6:.2f}M parameters, {cfg.img_size}x{cfg.img_size} input")
+
+    sampler = ResumableSampler(train_ds, d, seed=cfg.seed)
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              drop_last=True, pin_memory=d.device.type == "cuda",
+                              persistent_workers=cfg.workers > 0)
+    val_loader = eval_loader(val_ds, cfg.batch_size, cfg.workers, d)
+
+    optimizer, scheduler, total_epochs = build_optimizer(model, cfg, d.world_size, len(train_loader))
+    lr = cfg.scaled_lrs(d.world_size)[0]
+    say(f"recipe: {total_epochs} epochs ({cfg.epochs} cosine + {cfg.cooldown_epochs} cool-down), total batch "
+        f"{cfg.total_batch(d.world_size)} ({d.world_size} x {cfg.batch_size} x {cfg.accum_steps}), peak lr {lr:.3g}")
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
+    if d.enabled:
+        device_ids = [d.local_rank] if d.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                      num_classes=len(classes))
+        criterion = SoftTargetCrossEntropy()  # Mixup folds label smoothing into its soft targets
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    teacher = load_teacher(cfg, len(classes), d.device) if cfg.distillation != "none" else None
+    mesa_from = int(cfg.mesa_start * cfg.epochs)
+
+    def loss_fn(m: nn.Module, batch, epoch: int) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+        target = y
+        if mixup is not None:
+            x, target = mixup(x, y)
+        out = m(x)
+        logits, logits_dist = out if isinstance(out, tuple) else (out, None)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(x)  # same ImageNet normalisation as the student
+            loss = distillation_loss(criterion(logits, target), logits_dist if logits_dist is not None else logits,
+                                     teacher_logits, cfg.distillation, cfg.distill_alpha, cfg.distill_tau)
+        else:
+            if logits_dist is not None:
+                logits = (logits + logits_dist) / 2
+            loss = criterion(logits, target)
+            if cfg.mesa > 0 and epoch >= mesa_from:
+                with torch.no_grad():
+                    ema_logits = ema.module(x)
+                loss = loss + cfg.mesa * mesa_loss(logits, ema_logits)
+        return loss, len(y)
+
+    amp_dtype = amp_dtype_for(d.device, cfg.amp)
+
+    def run_eval() -> dict[str, float]:
+        metrics = evaluate(unwrap(model), val_loader, d, amp_dtype)
+        out = {"top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"]}
+        if ema is not None:
+            metrics = evaluate(ema.module, val_loader, d, amp_dtype)
+            out.update(ema_top1=metrics["top1"], ema_top5=metrics["top5"], ema_val_loss=metrics["loss"])
+        return out
+
+    def better_weights(metrics: dict[str, float]) -> tuple[nn.Module, str]:
+        if ema is not None and metrics.get("ema_top1", -1) >= metrics["top1"]:
+            return ema.module, "ema"
+        return unwrap(model), "model"
+
+    def metadata() -> dict:
+        cfg_dict = unwrap(model).pretrained_cfg
+        return dict(architecture=name, num_classes=len(classes), in_chans=3, class_names=list(classes),
+                    input_size=[3, cfg.img_size, cfg.img_size], crop_pct=cfg_dict["crop_pct"],
+                    interpolation=cfg_dict["interpolation"], mean=list(mean), std=list(std),
+                    **{k: list(getattr(unwrap(model), k)) for k in STAGE_LAYOUT}, config=cfg.to_dict())
+
+    def export(path: Path, metrics: dict[str, float], epoch: int) -> None:
+        weights, which = better_weights(metrics)
+        top1 = metrics["ema_top1"] if which == "ema" else metrics["top1"]
+        save_weights(weights, path, class_names=list(classes), weights=which, epoch=epoch, top1=round(top1, 4))
+
+    loop = Loop(
+        model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, loss_fn=loss_fn,
+        evaluate=run_eval, score=lambda m: max(m["top1"], m.get("ema_top1", -1.0)),
+        save_best=lambda m, epoch: export(output / BEST, m, epoch), metadata=metadata,
+        epochs=total_epochs, output=output, seed=cfg.seed, ema=ema, accum_steps=cfg.accum_steps,
+        clip_grad=cfg.clip_grad, amp_dtype=amp_dtype, log=say,
+    )
+    result = fit(loop, d)
+    if result.stopped_by is None and result.last_metrics and d.is_main:
+        export(output / FINAL, result.last_metrics, result.state.epoch)
+    summary = _summary(result, output, time.time() - start)
+    say(summary)
+    return TrainResult(result, result.state.best_score, result.state.best_epoch, output, summary)
+
+
+def _summary(result: FitResult, output: Path, seconds: float) -> str:
+    state = result.state
+    minutes, secs = divmod(int(round(seconds)), 60)
+    head = "stopped" if result.stopped_by is not None else "done"
+    text = f"{head} in {minutes}m{secs:02d}s: best top-1 {state.best_score:.2f}% (epoch {state.best_epoch})"
+    m = result.last_metrics
+    if m:
+        top1 = max(m["top1"], m.get("ema_top1", -1.0))
+        top5 = m["ema_top5"] if m.get("ema_top1", -1.0) >= m["top1"] else m["top5"]
+        text += f", last epoch top-1 {top1:.2f}% top-5 {top5:.2f}%"
+    return text + f"; weights in {output / BEST}"
+
+
+def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The DeiT teacher: a timm model (``cfg.teacher``) with weights read safely from a local file."""
+    import timm
+    from timm.task.distillation import DistillationTeacher
+
+    if not cfg.teacher_checkpoint:
+        raise CheckpointError(
+            f"distillation needs the teacher's weights: pass --teacher-checkpoint FILE (a local {cfg.teacher} "
+            "state dict trained on these classes; nothing is downloaded)"
+        )
+    teacher = timm.create_model(cfg.teacher, num_classes=num_classes)
+    state = Checkpoint(cfg.teacher_checkpoint).state_dict
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"teacher checkpoint {cfg.teacher_checkpoint} does not fit {cfg.teacher}: {first}"
+        ) from None
+    return DistillationTeacher(teacher.to(device)).to(device).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- evaluation of any checkpoint
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    model_name: str | None = None,
+    data: str | None = None,
+    dataset: str = "",
+    img_size: int | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    amp: bool = False,
+    strict_data: bool = False,
+) -> dict[str, float]:
+    """Top-1/top-5/loss of a checkpoint (the authors', timm's or ours) on a val split (default: digits val)."""
+    d = init_distributed()
+    ckpt = Checkpoint(checkpoint)
+    if ckpt.metadata.get("architecture"):
+        model = load_model(checkpoint)
+    elif model_name:
+        model = create_model(model_name, checkpoint=checkpoint)
+    else:
+        raise CheckpointError(f"{checkpoint} does not name its architecture: pass --model NAME")
+    cfg = model.pretrained_cfg
+    size = img_size or cfg["input_size"][-1]
+    _, val_ds, classes = build_datasets(data, dataset, val_transform=eval_transform(size, cfg), strict=strict_data,
+                                        need_train=False, val_classes=cfg.get("label_names"))
+    if len(classes) != model.num_classes:
+        raise DataError(f"{checkpoint} predicts {model.num_classes} classes but the data has {len(classes)}")
+    model.to(d.device)
+    metrics = evaluate(model, eval_loader(val_ds, batch_size, workers, d), d, amp_dtype_for(d.device, amp))
+    metrics.update(model=model.model_name, img_size=size)
+    return metrics

@@ -1,0 +1,442 @@
+"""The task-agnostic training loop: ``fit`` drives any model, loss and evaluation through epochs.
+
+It owns what every task needs: gradient accumulation, AMP, clipping, the optimiser and lr
+schedule, EMA, progress bars, metrics files, and crash safety:
+
+* ``last.pt`` is written atomically (temporary file, then rename) after every epoch and when a
+  SIGTERM/SIGINT arrives; running the same command again resumes from it, mid-epoch if need be;
+* a non-finite loss stops the run before the optimiser step, leaving ``last.pt`` as it was;
+* only rank 0 writes; metrics and stop requests are reduced over all processes.
+
+``last.pt`` holds only tensors and plain containers, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from ..errors import CheckpointError, TrainingDivergedError
+
+LAST = "last.pt"
+METRICS = "metrics.jsonl"
+
+
+# ---------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> Distributed:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(rank, world, local_rank, dev)
+
+
+def all_reduce_sum(values: torch.Tensor, d: Distributed) -> torch.Tensor:
+    """Sum ``values`` over all processes, returned on the CPU (unchanged in a single process)."""
+    if d.enabled:
+        values = values.to(d.device, copy=True)  # nccl reduces CUDA tensors only
+        dist.all_reduce(values)
+    return values.cpu()
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way, skipping the batches already trained on.
+
+    The shuffle depends only on (seed, epoch), so the skipped prefix is the same one the
+    interrupted run consumed.
+    """
+
+    def __init__(self, dataset, d: Distributed, seed: int) -> None:
+        super().__init__(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+# ---------------------------------------------------------------- checkpoints and logs
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_training_state(path: Path) -> dict:
+    """Read a ``last.pt`` without executing code (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated files and foreign pickles raise many types
+        raise CheckpointError(
+            f"cannot resume: {path} is unreadable ({type(e).__name__}); move it away to start afresh"
+        ) from None
+
+
+class MetricsLog:
+    """One JSON line per epoch in metrics.jsonl, TensorBoard scalars and curves.png (rank 0 only)."""
+
+    def __init__(self, output: Path, enabled: bool, keep_epochs: int) -> None:
+        self.path = output / METRICS
+        self.output = output
+        self.enabled = enabled
+        self.records: list[dict] = []
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.exists():
+            # drop epochs the resumed checkpoint does not include (written after its save)
+            with open(self.path) as f:
+                self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["epoch"] <= keep_epochs]
+            with open(self.path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(output / "tensorboard"))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, int | float):
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
+        plot_curves(self.records, self.output / "curves.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """Losses on the left, every other evaluation metric (accuracies) on the right, against epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    skip = {"epoch", "lr", "time_s", "img_per_s"}
+    keys = [k for k in records[-1] if k not in skip and isinstance(records[-1][k], int | float)]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in keys:
+        ax = ax_loss if key.endswith("loss") else ax_acc
+        ax.plot(epochs, [r.get(key, math.nan) for r in records], marker=".", label=key)
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so it can save first."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if _in_main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class FitState:
+    """Where a run stands; saved in last.pt. ``step`` counts batches done in epoch ``epoch``."""
+
+    epoch: int = 0
+    step: int = 0
+    updates: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+
+
+@dataclass
+class Loop:
+    """What ``fit`` drives. A task supplies the model, data, loss, evaluation and export; the rest is generic."""
+
+    model: nn.Module  # the training module (DDP-wrapped when distributed)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a timm scheduler stepped per update: step_update(num_updates)
+    train_loader: torch.utils.data.DataLoader  # sampled by a ResumableSampler
+    loss_fn: Callable[[nn.Module, Any, int], tuple[torch.Tensor, int]]  # (model, batch, epoch) -> (loss, samples)
+    evaluate: Callable[[], dict[str, float]]  # metrics of the current weights, reduced over processes
+    score: Callable[[dict[str, float]], float]  # higher is better; decides the best epoch
+    save_best: Callable[[dict[str, float], int], None]  # export the best weights (rank 0)
+    metadata: Callable[[], dict]  # plain data stored in last.pt (architecture, classes, config)
+    epochs: int
+    output: Path
+    seed: int = 0
+    ema: nn.Module | None = None  # timm ModelEmaV3
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    amp_dtype: torch.dtype | None = None
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class FitResult:
+    state: FitState
+    last_metrics: dict[str, float]
+    stopped_by: int | None = None  # the signal that stopped the run early
+    resumed: bool = False
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def seed_all(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit(loop: Loop, d: Distributed) -> FitResult:
+    """Train ``loop.model`` for ``loop.epochs`` epochs, resuming from ``output/last.pt`` when present."""
+    output, model, opt = loop.output, loop.model, loop.optimizer
+    net = unwrap(model)
+    if d.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    last = output / LAST
+    scaler = torch.amp.GradScaler("cuda") if loop.amp_dtype == torch.float16 and d.device.type == "cuda" else None
+    state, resumed = FitState(), False
+    if last.exists():
+        saved = load_training_state(last)
+        try:
+            net.load_state_dict(saved["model"])
+            if loop.ema is not None and "model_ema" in saved:
+                loop.ema.module.load_state_dict(saved["model_ema"])
+            opt.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"cannot resume from {last}: it belongs to a different model or setup "
+                f"({str(e).strip().splitlines()[0][:120]}); use another --output or move it away"
+            ) from None
+        if scaler is not None and "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        state, resumed = FitState(**saved["fit_state"]), True
+        where = f"epoch {state.epoch + 1}/{loop.epochs}" + (f", batch {state.step}" if state.step else "")
+        if state.epoch >= loop.epochs:
+            where = f"the end ({loop.epochs} epochs done)"
+        loop.log(f"resumed from {last} at {where}")
+    loop.scheduler.step_update(state.updates)
+    metrics_log = MetricsLog(output, d.is_main, keep_epochs=state.epoch)
+
+    def save_last() -> None:
+        if not d.is_main:
+            return
+        blob = {"model": net.state_dict(), "optimizer": opt.state_dict(), "fit_state": asdict(state)}
+        if loop.ema is not None:
+            blob["model_ema"] = loop.ema.module.state_dict()
+        if scaler is not None:
+            blob["scaler"] = scaler.state_dict()
+        blob["metadata"] = loop.metadata()
+        atomic_save(blob, last)
+
+    metrics: dict[str, float] = {}
+    loader = loop.train_loader
+    sampler: ResumableSampler = loader.sampler
+    with StopRequest() as stop:
+        for epoch in range(state.epoch, loop.epochs):
+            seed_all(loop.seed + 1000 * epoch + d.rank)
+            sampler.set_epoch(epoch)
+            sampler.start = state.step * loader.batch_size
+            batches_per_epoch = state.step + len(loader)
+            model.train()
+            t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
+            bar = _progress(batches_per_epoch, state.step, f"epoch {epoch + 1}/{loop.epochs}", d.is_main)
+            for i, batch in enumerate(loader, start=state.step):
+                boundary = (i + 1) % loop.accum_steps == 0 or i + 1 == batches_per_epoch
+                # DDP all-reduces gradients only on the micro-batch that ends an accumulation window
+                sync = contextlib.nullcontext() if boundary or not d.enabled else model.no_sync()
+                with sync:
+                    with torch.autocast(d.device.type, loop.amp_dtype or torch.float32, loop.amp_dtype is not None):
+                        loss, n = loop.loss_fn(model, batch, epoch)
+                    (scaler.scale(loss / loop.accum_steps) if scaler else loss / loop.accum_steps).backward()
+                loss_value = loss.detach().float()
+                flags = all_reduce_sum(
+                    torch.tensor([float(not torch.isfinite(loss_value)), float(stop.signum is not None)]), d
+                )
+                if flags[0] > 0:
+                    opt.zero_grad(set_to_none=True)
+                    kept = f"{last} (after epoch {_saved_epoch(last)}) is the last good checkpoint" if last.exists() \
+                        else "no checkpoint was written yet"
+                    raise TrainingDivergedError(
+                        f"loss became {loss_value.item()} at epoch {epoch + 1}, batch {i + 1}: stopped without "
+                        f"saving; {kept}. Lower the learning rate (--lr) or turn off --amp, then run the "
+                        "same command to resume"
+                    )
+                loss_sum, loss_n, seen = loss_sum + loss_value.item() * n, loss_n + n, seen + n
+                if boundary:
+                    _optimizer_step(loop, net, scaler)
+                    state.updates += 1
+                    loop.scheduler.step_update(state.updates)
+                    if loop.ema is not None:
+                        loop.ema.update(net, step=state.updates)
+                    state.step = i + 1
+                if bar is not None:
+                    rate = seen * d.world_size / max(time.time() - t0, 1e-9)
+                    lr = opt.param_groups[0]["lr"]
+                    bar.set_postfix_str(f"loss {loss_sum / loss_n:.4f} lr {lr:.2e} {rate:.0f} img/s", refresh=False)
+                    bar.update(1)
+                if flags[1] > 0 and boundary:
+                    if bar is not None:
+                        bar.close()
+                    save_last()
+                    name = signal.Signals(stop.signum or signal.SIGTERM).name
+                    loop.log(f"{name}: saved {last} at epoch {epoch + 1}, batch {state.step}; "
+                             "run the same command to resume")
+                    metrics_log.close()
+                    return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
+            if bar is not None:
+                bar.close()
+            train_time = time.time() - t0
+            metrics = loop.evaluate()
+            state.epoch, state.step = epoch + 1, 0
+            score = loop.score(metrics)
+            if score > state.best_score:
+                state.best_score, state.best_epoch = score, epoch + 1
+                if d.is_main:
+                    loop.save_best(metrics, epoch + 1)
+            stop_now = float(stop.signum is not None)
+            reduced = all_reduce_sum(torch.tensor([loss_sum, float(loss_n), float(seen), stop_now]), d)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": round(float(reduced[0] / max(reduced[1], 1)), 5),
+                **{k: round(v, 5) for k, v in metrics.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "img_per_s": round(float(reduced[2]) / max(train_time, 1e-9), 1),
+                "time_s": round(time.time() - t0, 1),
+            }
+            metrics_log.log(record)
+            save_last()
+            loop.log(_epoch_line(record, loop.epochs))
+            if reduced[3] > 0:  # every process stops after the same epoch
+                name = signal.Signals(stop.signum or signal.SIGTERM).name
+                loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
+                metrics_log.close()
+                return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
+    metrics_log.close()
+    return FitResult(state, metrics, resumed=resumed)
+
+
+def _optimizer_step(loop: Loop, net: nn.Module, scaler: torch.amp.GradScaler | None) -> None:
+    from timm.utils import dispatch_clip_grad
+
+    if loop.clip_grad is not None:
+        if scaler is not None:
+            scaler.unscale_(loop.optimizer)
+        dispatch_clip_grad(net.parameters(), loop.clip_grad, mode="norm")
+    if scaler is not None:
+        scaler.step(loop.optimizer)
+        scaler.update()
+    else:
+        loop.optimizer.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+
+
+def _saved_epoch(path: Path) -> int:
+    try:
+        return int(load_training_state(path)["fit_state"]["epoch"])
+    except (CheckpointError, KeyError):
+        return 0
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    # a pipe or file gets a line every few seconds instead of a redraw per batch
+    interval = 0.2 if sys.stderr.isatty() else 5.0
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", mininterval=interval, dynamic_ncols=True,
+                leave=False)
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}"]
+    for key, value in record.items():
+        if key in ("epoch", "train_loss", "lr", "img_per_s", "time_s"):
+            continue
+        parts.append(f"{key} {value:.4f}" if key.endswith("loss") else f"{key} {value:.2f}%")
+    parts.append(f"{record['img_per_s']:.0f} img/s, {record['time_s']:.0f}s")
+    return "  ".join(parts)

@@ -1,0 +1,220 @@
+"""Training configuration: one flat dataclass holding every hyper-parameter, and the named recipes.
+
+A run's configuration is layered, later layers winning: the dataclass defaults, the recipe, the
+embedded-digits defaults (when no ``--data`` is given), a YAML file, then command-line options.
+
+The ImageNet recipes are the reference EfficientViM recipe (AdamW, lr 2e-3 at total batch 2048,
+cosine with 20 warm-up and 10 cool-down epochs, RandAugment, Mixup/CutMix, EMA, MESA). The
+learning rates scale linearly with the total batch (per-process batch x processes x accumulation):
+``lr = lr_base * total_batch / lr_base_batch``, and so do the warm-up and final learning rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EfficientViMError
+
+
+class ConfigError(EfficientViMError, ValueError):
+    """An unknown recipe, config key or malformed config file."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the field names are the YAML keys."""
+
+    # data
+    data: str | None = None  # dataset root; None trains on the embedded scikit-learn digits
+    dataset: str = ""  # timm create_dataset name ("" = class folders, torch/cifar10, hfds/...)
+    strict_data: bool = False  # an unreadable image stops the run instead of being skipped
+    workers: int = 4
+    # model
+    model: str = "efficientvim_m1"
+    model_args: dict = field(default_factory=dict)  # constructor overrides, e.g. embed_dim: [32, 48, 64]
+    checkpoint: str | None = None  # initial weights (fine-tuning); MSF heads reset if classes differ
+    img_size: int = 224
+    drop_path: float = 0.0
+    # schedule
+    epochs: int = 300  # cosine length; cooldown_epochs more are run at min_lr
+    cooldown_epochs: int = 10
+    warmup_epochs: int = 20
+    batch_size: int = 256  # per process
+    accum_steps: int = 1
+    lr: float | None = None  # absolute peak lr; None: scaled from lr_base by the total batch
+    lr_base: float = 2e-3
+    lr_base_batch: int = 2048
+    warmup_lr_base: float = 2e-6
+    min_lr_base: float = 2e-5
+    # optimiser
+    opt: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    clip_grad: float | None = 0.02  # max global gradient norm
+    # augmentation and loss
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    hflip: float = 0.5
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    reprob: float = 0.25
+    remode: str = "pixel"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    # EMA and self-distillation
+    ema: bool = True
+    ema_decay: float = 0.9995
+    ema_warmup: bool = False  # ramp the decay up over the first updates (short runs)
+    mesa: float = 1.0  # weight of the MESA loss; 0 disables it
+    mesa_start: float = 0.25  # fraction of the epochs after which MESA is on
+    # knowledge distillation (DeiT)
+    distillation: str = "none"  # none, hard or soft
+    teacher: str = "regnety_160"
+    teacher_checkpoint: str | None = None
+    distill_alpha: float = 0.5
+    distill_tau: float = 1.0
+    # run
+    amp: bool = False  # bfloat16 autocast on CPU, float16 with loss scaling on CUDA
+    seed: int = 0
+    output: str = "runs/train"
+
+    def total_batch(self, world_size: int = 1) -> int:
+        return self.batch_size * world_size * self.accum_steps
+
+    def scaled_lrs(self, world_size: int = 1) -> tuple[float, float, float]:
+        """(peak, warm-up start, final) learning rates for this total batch size."""
+        factor = self.total_batch(world_size) / self.lr_base_batch
+        peak = self.lr if self.lr is not None else self.lr_base * factor
+        ratio = peak / self.lr_base
+        return peak, self.warmup_lr_base * ratio, self.min_lr_base * ratio
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.cooldown_epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    # tuples become lists so the dict is YAML- and torch.load(weights_only=True)-friendly
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_IMAGENET_300: dict[str, Any] = {}  # the dataclass defaults are the reference recipe
+RECIPES: dict[str, dict[str, Any]] = {
+    "imagenet-300": _IMAGENET_300,
+    "imagenet-450": {**_IMAGENET_300, "epochs": 450},
+    # DeiT hard distillation from RegNetY-16GF; the reference turns MESA off when a teacher is used
+    "imagenet-distill": {**_IMAGENET_300, "distillation": "hard", "mesa": 0.0},
+    # small custom datasets: short schedule, milder augmentation, no Mixup, EMA warm-up
+    "small": {
+        "epochs": 30,
+        "cooldown_epochs": 0,
+        "warmup_epochs": 2,
+        "batch_size": 64,
+        "lr_base": 1e-3,
+        "lr_base_batch": 64,
+        "warmup_lr_base": 1e-5,
+        "min_lr_base": 1e-5,
+        "clip_grad": None,
+        "scale": (0.35, 1.0),
+        "auto_augment": "rand-m6-mstd0.5-inc1",
+        "color_jitter": 0.0,
+        "reprob": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "ema_decay": 0.998,
+        "ema_warmup": True,
+        "mesa": 0.0,
+        "workers": 2,
+    },
+}
+DEFAULT_RECIPE = "small"
+
+# The embedded digits are 8x8 scans: upscaled to the network's minimum input (total stride 64),
+# centred (no crop at eval), and never mirrored (a mirrored 2 is not a 2).
+# The model is M1 at half width, which trains several times faster than M1 on two CPU cores.
+DIGITS_DEFAULTS: dict[str, Any] = {
+    "model_args": {"embed_dim": (64, 96, 160)},
+    "img_size": 64,
+    "epochs": 15,
+    "scale": (0.6, 1.0),
+    "hflip": 0.0,
+    "auto_augment": None,
+    "crop_pct": 1.0,
+    "workers": 0,
+    "output": "runs/digits",
+}
+
+
+def recipe_names() -> list[str]:
+    return list(RECIPES)
+
+
+def build_config(
+    recipe: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Layer recipe, digits defaults, YAML file and ``overrides`` (None values ignored) into a TrainConfig."""
+    name = recipe or DEFAULT_RECIPE
+    if name not in RECIPES:
+        close = difflib.get_close_matches(name, RECIPES, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(RECIPES)}"
+        raise ConfigError(f"unknown recipe {name!r}: {hint}")
+    file_values = _read_yaml(config_file) if config_file else {}
+    if "recipe" in file_values:
+        file_name = file_values.pop("recipe")
+        if recipe is None:
+            return build_config(file_name, config_file, overrides)
+    cli_values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = dict(RECIPES[name])
+    if (cli_values.get("data") or file_values.get("data")) is None:
+        values.update(DIGITS_DEFAULTS)
+    values.update(file_values)
+    values.update(cli_values)
+    return make_config(values)
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a plain dict, rejecting unknown keys with a suggestion."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {unknown[0]!r}{hint}")
+    values = {k: tuple(v) if k in ("betas", "scale") and v is not None else v for k, v in values.items()}
+    cfg = TrainConfig(**values)
+    if cfg.distillation not in ("none", "hard", "soft"):
+        raise ConfigError(f"distillation must be none, hard or soft, not {cfg.distillation!r}")
+    if cfg.mesa > 0 and not cfg.ema:
+        raise ConfigError("MESA distils from the EMA model: keep ema on or set mesa to 0")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1:
+        raise ConfigError("epochs, batch_size and accum_steps must be at least 1")
+    return cfg
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return values

@@ -1,0 +1,109 @@
+"""Runs in separate processes: two-process DDP, resuming after SIGKILL, saving on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import efficientvim
+from efficientvim.cli import main
+from train_helpers import make_folder, write_config
+
+SRC = str(Path(efficientvim.__file__).resolve().parents[1])
+
+
+def env() -> dict[str, str]:
+    # one thread per process: two processes on two cores must not oversubscribe them
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def train_cmd(tmp_path: Path, data: Path, out: Path, epochs: int) -> list[str]:
+    config = write_config(tmp_path / "tiny.yaml", epochs=epochs)
+    return ["-m", "efficientvim", "train", "--config", str(config), "--data", str(data), "--output", str(out)]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stdout.read()}")
+        if time.time() > end:
+            proc.kill()
+            pytest.fail(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def epochs_logged(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_ddp_run_reduces_metrics_and_writes_once(tmp_path, capsys):
+    data = make_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *train_cmd(tmp_path, data, out, epochs=2)]
+    run = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "total batch 8 (2 x 4 x 1)" in run.stdout
+    assert len(re.findall(r"best top-1 [\d.]+%", run.stdout)) == 1  # rank 1 prints nothing
+    assert epochs_logged(out) == [1, 2]
+    # the accuracy reduced over both processes equals a one-process evaluation of the same weights
+    with safe_open(str(out / "best.safetensors"), "pt") as f:
+        reduced_top1 = json.loads(f.metadata()["top1"])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data", str(data), "--workers", "0"]) == 0
+    single = float(re.search(r"top-1 ([\d.]+)%", capsys.readouterr().out).group(1))
+    assert single == pytest.approx(reduced_top1, abs=0.01)
+
+
+def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path):
+    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
+    out = tmp_path / "out"
+    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(out / "last.pt", proc)  # epoch 1 is saved; epoch 2 (24 batches) is starting
+    proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
+    proc.wait(timeout=30)
+    saved = torch.load(out / "last.pt", weights_only=True)["fit_state"]
+    assert saved["epoch"] >= 1 and proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed from {out / 'last.pt'} at epoch {saved['epoch'] + 1}/2" in rerun.stdout
+    assert f"epoch {saved['epoch']}/2" not in rerun.stdout.split("resumed from")[1]  # finished epochs not redone
+    assert epochs_logged(out) == [1, 2]
+    assert torch.load(out / "last.pt", weights_only=True)["fit_state"]["epoch"] == 2
+
+
+def test_sigterm_saves_a_checkpoint_that_the_rerun_continues(tmp_path):
+    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
+    out = tmp_path / "out"
+    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(out / "last.pt", proc)  # epoch 1 is saved; epoch 2 (24 batches) is starting
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    saved = torch.load(out / "last.pt", weights_only=True)["fit_state"]
+    if saved["step"]:  # stopped inside an epoch: the position is the one reported
+        assert f"SIGTERM: saved {out / 'last.pt'} at epoch {saved['epoch'] + 1}, batch {saved['step']}" in log
+        resumed_at = f"at epoch {saved['epoch'] + 1}/2, batch {saved['step']}"
+    else:
+        assert f"SIGTERM: saved {out / 'last.pt'} after epoch {saved['epoch']}" in log
+        resumed_at = f"at epoch {saved['epoch'] + 1}/2"
+    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert resumed_at in rerun.stdout
+    assert epochs_logged(out) == [1, 2]
+    # 96 images in batches of 4: every batch trained exactly once across the interruption
+    assert torch.load(out / "last.pt", weights_only=True)["fit_state"]["updates"] == 2 * 24

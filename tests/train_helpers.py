@@ -1,0 +1,52 @@
+"""Tiny image folders and a tiny-model config for the training tests (seconds on two CPU cores)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+TINY = {
+    "model_args": {"embed_dim": [32, 48, 64], "depths": [1, 1, 1], "state_dim": [8, 6, 4]},
+    "img_size": 64,
+    "batch_size": 4,
+    "epochs": 2,
+    "warmup_epochs": 0,
+    "lr": 2e-3,
+    "workers": 0,
+    "auto_augment": None,
+}
+# one colour per class, so even two epochs of a tiny model separate them
+COLOURS = {"circle": (220, 40, 40), "square": (40, 200, 60), "star": (40, 60, 220), "tri": (230, 220, 50)}
+# sizes and PIL modes vary: the pipeline must take any
+SHAPES = [((40, 52), "RGB"), ((90, 70), "L"), ((64, 64), "RGBA"), ((100, 80), "RGB")]
+
+
+def make_folder(root: Path, classes=tuple(COLOURS), per_class: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """``root/{train,val}/<class>/*.png`` noisy solid-colour images, 6 train and 3 val per class by default."""
+    rng = np.random.default_rng(seed)
+    per_class = per_class or {"train": 6, "val": 3}
+    for split, n in per_class.items():
+        for c in classes:
+            folder = root / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (w, h), mode = SHAPES[i % len(SHAPES)]
+                base = np.array(COLOURS.get(c, (128, 128, 128)), dtype=np.float32)
+                pixels = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).convert(mode).save(folder / f"{i}.png")
+    return root
+
+
+def write_config(path: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
