@@ -74,9 +74,7 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         image = _read_image(self.image_dir / info["file_name"])
         height, width = image.shape[-2:]
-        anns = [
-            a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd", 0)
-        ]
+        anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         boxes[:, 0::2].clamp_(0, width)
@@ -154,8 +152,8 @@ class SegmentationFolder(Dataset):
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.hflip = hflip
         if num_classes is None:
-            labels = [self._read_mask(m) for _, m in self.pairs]
-            num_classes = max(int(m[m != IGNORE_INDEX].max(initial=0)) for m in labels) + 1
+            labels = (self._read_mask(m) for _, m in self.pairs)
+            num_classes = max(int(m[m != IGNORE_INDEX].max()) if (m != IGNORE_INDEX).any() else 0 for m in labels) + 1
         self.num_classes = num_classes
 
     def __len__(self) -> int:
@@ -287,8 +285,10 @@ class DigitCanvases(Dataset):
             raise IndexError(index)
         image, boxes, labels, masks = self.canvas(index)
         if self.task == "segmentation":
-            class_map = (masks.long() * labels.view(-1, 1, 1)).sum(0) if len(labels) else masks.new_zeros(
-                self.size, dtype=torch.int64
+            class_map = (
+                (masks.long() * labels.view(-1, 1, 1)).sum(0)
+                if len(labels)
+                else masks.new_zeros(self.size, dtype=torch.int64)
             )
             return image, class_map
         return image, {"boxes": boxes, "labels": labels, "masks": masks, "image_id": index}

@@ -117,8 +117,10 @@ def _evaluate_detection(model: nn.Module, loader: Iterable) -> dict[str, float]:
                 targets_seen.append({k: v for k, v in target.items() if k in ("boxes", "labels", "masks", "image_id")})
                 sizes.append(tuple(image.shape[-2:]))
     if coco_gt is None:
-        num_classes = model.roi_heads.box_predictor.cls_score.out_features - 1 if hasattr(model, "roi_heads") else (
-            _single_stage_classes(model)
+        num_classes = (
+            model.roi_heads.box_predictor.cls_score.out_features - 1
+            if hasattr(model, "roi_heads")
+            else (_single_stage_classes(model))
         )
         coco_gt = targets_to_coco(targets_seen, sizes, num_classes)
     metrics = coco_map(coco_gt, box_results, "bbox")
