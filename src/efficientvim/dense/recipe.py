@@ -30,11 +30,11 @@ class DenseRecipe:
     fpn_channels: int = 64
     overrides: dict = field(default_factory=dict)  # create_model arguments (widths, depths, states)
     canvas_size: tuple[int, int] = (128, 128)
-    digits: tuple[int, int] = (1, 4)
+    digits: tuple[int, int] = (2, 5)
     digit_size: tuple[int, int] = (20, 44)
-    train_canvases: int = 2000
+    train_canvases: int = 4800  # fresh canvases each step: 2 epochs of 300 steps
     val_canvases: int = 300
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.05
