@@ -9,9 +9,15 @@ from .backbone import EfficientViMFPN, build_backbone
 from .data import CocoDetection, DigitCanvases, SegmentationFolder
 from .detection import create_detector
 from .engine import collate_detection, collate_segmentation, evaluate, fit_dense, train_step
+from .recipe import DEFAULT_RECIPES, DenseRecipe, build_loaders, build_model, default_recipe
 from .segmentation import SemanticFPN, create_segmenter
 
 __all__ = [
+    "DEFAULT_RECIPES",
+    "DenseRecipe",
+    "build_loaders",
+    "build_model",
+    "default_recipe",
     "CocoDetection",
     "DigitCanvases",
     "EfficientViMFPN",

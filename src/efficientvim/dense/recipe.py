@@ -32,7 +32,7 @@ class DenseRecipe:
     canvas_size: tuple[int, int] = (128, 128)
     digits: tuple[int, int] = (2, 5)
     digit_size: tuple[int, int] = (20, 44)
-    train_canvases: int = 4800  # fresh canvases each step: 2 epochs of 300 steps
+    train_canvases: int = 4800  # 300 steps of 16 per epoch
     val_canvases: int = 300
     epochs: int = 2
     batch_size: int = 16
