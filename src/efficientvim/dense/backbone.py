@@ -69,13 +69,13 @@ class EfficientViMFPN(nn.Module):
 
 def build_backbone(
     backbone: str | EfficientViMFeatures,
-    out_indices: Sequence[int],
+    out_indices: Sequence[int] | None = None,
     out_channels: int = 256,
     extra_blocks: ExtraFPNBlock | None = None,
     checkpoint: str | os.PathLike | None = None,
     frozen_stages: int = 0,
 ) -> EfficientViMFPN:
-    """An :class:`EfficientViMFPN` over the pyramid levels ``out_indices`` of a named variant.
+    """An :class:`EfficientViMFPN` over the pyramid levels ``out_indices`` (default: the three stages).
 
     ``backbone`` is a model name (``efficientvim_m1`` ...) or a ready ``EfficientViMFeatures``
     (e.g. ``create_model(name, features_only=True, out_indices=..., embed_dim=...)`` for a custom
@@ -84,7 +84,8 @@ def build_backbone(
     classifier heads and the stages past the deepest level are dropped.
     """
     if isinstance(backbone, str):
-        body = create_model(backbone, checkpoint=checkpoint, features_only=True, out_indices=tuple(out_indices))
+        levels = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+        body = create_model(backbone, checkpoint=checkpoint, features_only=True, **levels)
     elif isinstance(backbone, EfficientViMFeatures):
         body = backbone
         if out_indices is not None and tuple(sorted(out_indices)) != body.out_indices:

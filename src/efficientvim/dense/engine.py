@@ -117,20 +117,19 @@ def _evaluate_detection(model: nn.Module, loader: Iterable) -> dict[str, float]:
                 targets_seen.append({k: v for k, v in target.items() if k in ("boxes", "labels", "masks", "image_id")})
                 sizes.append(tuple(image.shape[-2:]))
     if coco_gt is None:
-        num_classes = (
-            model.roi_heads.box_predictor.cls_score.out_features - 1
-            if hasattr(model, "roi_heads")
-            else (_single_stage_classes(model))
-        )
-        coco_gt = targets_to_coco(targets_seen, sizes, num_classes)
+        # mask AP needs ground-truth masks: without them only boxes are scored
+        has_masks = has_masks and all("masks" in t for t in targets_seen)
+        coco_gt = targets_to_coco(targets_seen, sizes, _num_object_classes(model))
     metrics = coco_map(coco_gt, box_results, "bbox")
     if has_masks:
         metrics.update({f"mask_{k}": v for k, v in coco_map(coco_gt, mask_results, "segm").items()})
     return metrics
 
 
-def _single_stage_classes(model: nn.Module) -> int:
-    # RetinaNet/FCOS heads carry background as an unused class 0 (see create_detector)
+def _num_object_classes(model: nn.Module) -> int:
+    # every architecture carries background as class 0 (see create_detector)
+    if hasattr(model, "roi_heads"):
+        return model.roi_heads.box_predictor.cls_score.out_features - 1
     return model.head.classification_head.num_classes - 1
 
 
