@@ -1,6 +1,6 @@
 """The embedded default runs: digit canvases, a model and a schedule per task, fixed seeds.
 
-With no dataset given, ``efficientvim train --task detection|segmentation`` builds these. The
+What a detection or segmentation run trains when no data set is given. The
 figures they reach, and how long they take on 2 CPU cores, are in docs/dense.md.
 """
 
