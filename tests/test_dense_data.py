@@ -200,3 +200,33 @@ def test_digit_segmentation_maps_label_each_digit_pixel():
         for label, mask in zip(target["labels"], target["masks"]):
             expected[mask.bool()] = label
         assert torch.equal(class_map, expected)
+
+
+class _Oracle(torch.nn.Module):
+    """Returns prepared detections batch by batch: a stand-in detector for scoring tests."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.outputs = list(outputs)
+
+    def forward(self, images):
+        batch, self.outputs = self.outputs[: len(images)], self.outputs[len(images) :]
+        return batch
+
+
+def test_evaluate_scores_coco_datasets_against_their_json(coco_files):
+    from torch.utils.data import DataLoader
+
+    from efficientvim.dense import collate_detection, evaluate
+
+    ds = CocoDetection(*coco_files)
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_detection)
+    # labels are 1..K; evaluate maps them back to the JSON's category ids (nine -> 9, five -> 5)
+    found = [
+        {"boxes": torch.tensor([[4.0, 4.0, 14.0, 12.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[2.0, 30.0, 12.0, 45.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
+    ]
+    assert evaluate(_Oracle(found), loader)["mAP"] == pytest.approx(1.0)
+    swapped = [{**out, "labels": 3 - out["labels"]} for out in found]
+    assert evaluate(_Oracle(swapped), loader)["mAP"] == 0.0
