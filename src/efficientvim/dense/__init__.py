@@ -1,0 +1,34 @@
+"""Dense prediction on EfficientViM: torchvision detectors, Semantic FPN, datasets, metrics and loop pieces.
+
+from efficientvim.dense import create_detector, create_segmenter
+detector = create_detector("maskrcnn", "efficientvim_m4", num_classes=80, checkpoint="EfficientViM_M4_e450.pth")
+segmenter = create_segmenter("semantic_fpn", "efficientvim_m4", num_classes=150)
+"""
+
+from .backbone import EfficientViMFPN, build_backbone
+from .data import CocoDetection, DigitCanvases, SegmentationFolder
+from .detection import create_detector
+from .engine import collate_detection, collate_segmentation, evaluate, fit_dense, train_step
+from .recipe import DEFAULT_RECIPES, DenseRecipe, build_loaders, build_model, default_recipe
+from .segmentation import SemanticFPN, create_segmenter
+
+__all__ = [
+    "DEFAULT_RECIPES",
+    "DenseRecipe",
+    "build_loaders",
+    "build_model",
+    "default_recipe",
+    "CocoDetection",
+    "DigitCanvases",
+    "EfficientViMFPN",
+    "SegmentationFolder",
+    "SemanticFPN",
+    "build_backbone",
+    "collate_detection",
+    "collate_segmentation",
+    "create_detector",
+    "create_segmenter",
+    "evaluate",
+    "fit_dense",
+    "train_step",
+]

@@ -1,0 +1,109 @@
+"""The embedded default runs: digit canvases, a model and a schedule per task, fixed seeds.
+
+What a detection or segmentation run trains when no data set is given. The
+figures they reach, and how long they take on 2 CPU cores, are in docs/dense.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import EfficientViMError
+from .data import TASKS, DigitCanvases
+from .detection import create_detector
+from .engine import collate_detection, collate_segmentation
+from .segmentation import create_segmenter
+
+
+@dataclass(frozen=True)
+class DenseRecipe:
+    """Everything a default run uses: the model, the canvases and the optimisation schedule."""
+
+    task: str
+    arch: str
+    backbone: str = "efficientvim_m1"
+    out_indices: tuple[int, ...] = (1, 2, 3, 4)
+    fpn_channels: int = 64
+    overrides: dict = field(default_factory=dict)  # create_model arguments (widths, depths, states)
+    canvas_size: tuple[int, int] = (128, 128)
+    digits: tuple[int, int] = (2, 5)
+    digit_size: tuple[int, int] = (20, 44)
+    train_canvases: int = 4800  # per epoch; fit_dense takes len / batch_size steps an epoch
+    val_canvases: int = 300
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)  # further create_detector / create_segmenter arguments
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_RECIPES = {
+    "detection": DenseRecipe(task="detection", arch="fcos"),
+    # A narrower M1 trunk (M1 depths and states, widths 64/128/192) leaves time for 800 steps at
+    # stride 4; the background (about 90% of pixels) weighs a quarter of a digit in the loss.
+    "segmentation": DenseRecipe(
+        task="segmentation",
+        arch="semantic_fpn",
+        out_indices=(0, 1, 2, 3, 4),
+        overrides={"embed_dim": (64, 128, 192)},
+        train_canvases=6400,
+        model_kwargs={"channels": 64, "class_weight": (0.25,) + (1.0,) * 10},
+    ),
+}
+
+
+def default_recipe(task: str, **changes) -> DenseRecipe:
+    """The embedded recipe of ``task`` with ``changes`` applied (fields of :class:`DenseRecipe`)."""
+    if task not in TASKS:
+        raise EfficientViMError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return replace(DEFAULT_RECIPES[task], **changes)
+
+
+def build_model(recipe: DenseRecipe, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """The recipe's detector or segmenter (initialised from ``recipe.seed``), the trunk optionally
+    started from classification weights of the same width."""
+    from ..registry import create_model
+
+    torch.manual_seed(recipe.seed)
+
+    body = create_model(
+        recipe.backbone, checkpoint=checkpoint, features_only=True, out_indices=recipe.out_indices, **recipe.overrides
+    )
+    if recipe.task == "detection":
+        height, width = recipe.canvas_size
+        return create_detector(
+            recipe.arch,
+            body,
+            DigitCanvases.num_classes,
+            fpn_channels=recipe.fpn_channels,
+            min_size=min(height, width),
+            max_size=max(height, width),
+            **recipe.model_kwargs,
+        )
+    return create_segmenter(
+        recipe.arch, body, DigitCanvases.num_classes + 1, fpn_channels=recipe.fpn_channels, **recipe.model_kwargs
+    )
+
+
+def build_loaders(recipe: DenseRecipe, num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Train and val loaders over the recipe's digit canvases (val from unseen digit scans)."""
+    common = dict(
+        task=recipe.task, size=recipe.canvas_size, digits=recipe.digits, digit_size=recipe.digit_size, seed=recipe.seed
+    )
+    train = DigitCanvases("train", length=recipe.train_canvases, **common)
+    val = DigitCanvases("val", length=recipe.val_canvases, **common)
+    collate = collate_detection if recipe.task == "detection" else collate_segmentation
+    return (
+        DataLoader(train, recipe.batch_size, shuffle=True, collate_fn=collate, num_workers=num_workers, drop_last=True),
+        DataLoader(val, recipe.batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers),
+    )
