@@ -8,6 +8,7 @@ Quick use::
 """
 
 from .errors import CheckpointError, EfficientViMError, InputSizeError, UnknownModelError
+from .deploy import fuse
 from .flops import count_flops
 from .hsm_ssd import HSMSSD
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures
@@ -27,6 +28,7 @@ __all__ = [
     "UnknownModelError",
     "count_flops",
     "create_model",
+    "fuse",
     "list_models",
     "load_model",
     "model_config",
