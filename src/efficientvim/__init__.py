@@ -7,8 +7,8 @@ Quick use::
     y, h = efficientvim.HSMSSD(dim=64, state_dim=16)(torch.randn(1, 64, 17, 23))
 """
 
-from .errors import CheckpointError, EfficientViMError, InputSizeError, UnknownModelError
 from .deploy import fuse
+from .errors import CheckpointError, EfficientViMError, InputSizeError, UnknownModelError
 from .flops import count_flops
 from .hsm_ssd import HSMSSD
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures

@@ -53,6 +53,17 @@ def _conv_bn(m: ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bn.bias.double() - bn.running_mean.double() * scale
 
 
+def _accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x + a @ b with ``op`` = torch.addmm or torch.baddbmm, in place when running eagerly.
+
+    In place saves a pass over x (x is always a fresh intermediate here); traced graphs (ONNX,
+    TorchScript) get the functional op, since the exporters do not keep in-place semantics.
+    """
+    if torch.jit.is_tracing():
+        return op(x, a, b)
+    return getattr(x, op.__name__ + "_")(a, b)
+
+
 def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
     return weight.view(*weight.shape[:2], 1, 1)
 
@@ -127,7 +138,7 @@ class FusedBlock(nn.Module):
         super().__init__()
         mixer: HSMSSD = block.mixer
         dim, state_dim = mixer.dim, mixer.state_dim
-        self.state_dim, self.d_inner, self.eps = state_dim, mixer.d_inner, block.norm.eps
+        self.dim, self.state_dim, self.d_inner, self.eps = dim, state_dim, mixer.d_inner, block.norm.eps
         s = block.alpha.double().sigmoid()  # the four gates s0..s3, each (C,)
         keep = 1.0 - s  # (1 - s_i) in float64: exact enough even for strongly open gates
         r = s / keep
@@ -174,7 +185,8 @@ class FusedBlock(nn.Module):
         self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, height, width, dim = x.shape
+        batch, height, width, _ = x.shape
+        dim = self.dim  # a constant, so exported graphs keep a static normalized_shape
         x = self.dwconv1(x)
         n = F.layer_norm(x, (dim,), eps=self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
@@ -185,14 +197,13 @@ class FusedBlock(nn.Module):
         hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(1).unsqueeze(-1), self.hz_beta)
         h, z = hz.split(self.d_inner, dim=-1)
         h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h, (B, N, C)
-        # in-place accumulation is safe: every stream tensor here is a fresh output of the op before
-        x = tokens.baddbmm_(c, h).view(batch, height, width, dim)  # x + r1 * (h C)
+        x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
         x = self.dwconv2(x)
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
-            x = x.add_(self.ffn_bias)
-        x.view(-1, dim).addmm_(hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
-        return x, h
+            x = x + self.ffn_bias
+        x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
+        return x.view(batch, height, width, dim), h
 
 
 class FusedPatchMerging(nn.Module):
