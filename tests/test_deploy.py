@@ -40,6 +40,15 @@ def test_fused_classifier_matches_original_on_square_and_non_square_inputs(name)
         assert _relative_error(expected, got) < 1e-4, size
 
 
+@pytest.mark.parametrize("name", ["efficientvim_m2", "efficientvim_m4_dist"])
+def test_channels_first_layout_computes_the_same_logits(name):
+    model = _random_model(name, num_classes=10)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        expected, got = model(x), fuse(model, layout="channels_first")(x)
+    assert _relative_error(expected, got) < 1e-4
+
+
 def test_fused_distilled_model_returns_the_mean_of_both_heads():
     model = _random_model("efficientvim_m1_dist", num_classes=5)
     x = torch.randn(2, 3, 64, 80)
@@ -63,11 +72,12 @@ def test_fused_model_without_classes_returns_the_pooled_features():
     assert _relative_error(expected, got) < 1e-4
 
 
-def test_fused_feature_extractor_matches_every_level():
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_fused_feature_extractor_matches_every_level(layout):
     model = _random_model("efficientvim_m1", features_only=True, out_indices=(0, 1, 2, 3, 4))
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        expected, got = model(x), fuse(model)(x)
+        expected, got = model(x), fuse(model, layout=layout)(x)
     assert len(got) == 5
     for level, (e, g) in enumerate(zip(expected, got)):
         assert g.shape == e.shape, level

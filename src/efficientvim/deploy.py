@@ -80,8 +80,10 @@ class TokenConv(nn.Module):
     The permutes are views: the conv sees a channels-last NCHW tensor and returns one, so the
     output is again a contiguous (B, H', W', C') tensor. 1x1 projections with a bias run here
     too rather than as ``F.linear``: oneDNN adds the bias inside the GEMM, where ``addmm`` first
-    copies the broadcast bias into the output.
+    copies the broadcast bias into the output. With ``channels_first`` it takes and returns NCHW.
     """
+
+    channels_first = False
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, groups: int, relu: bool, dtype: torch.dtype
@@ -95,14 +97,18 @@ class TokenConv(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x.permute(0, 3, 1, 2), self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        if not self.channels_first:
+            x = x.permute(0, 3, 1, 2)
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
         if self.relu:
             x = x.relu_()  # in place: the conv output is a fresh tensor
-        return x.permute(0, 2, 3, 1)
+        return x if self.channels_first else x.permute(0, 2, 3, 1)
 
 
 class FusedStem(nn.Module):
     """The four stride-2 Conv-BN layers of the stem; the input image is made channels-last once."""
+
+    channels_first = False
 
     def __init__(self, stem: Stem, dtype: torch.dtype) -> None:
         super().__init__()
@@ -113,8 +119,9 @@ class FusedStem(nn.Module):
         self.conv = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return the stride 4, 8 and 16 maps as (B, H, W, C)."""
-        x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        """Return the stride 4, 8 and 16 maps as (B, H, W, C), or NCHW with ``channels_first``."""
+        if not self.channels_first:
+            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         levels = []
         for conv in self.conv:
             x = conv(x)
@@ -184,7 +191,11 @@ class FusedBlock(nn.Module):
         self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
         self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
 
+    channels_first = False
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_first:
+            return self._forward_channels_first(x)
         batch, height, width, _ = x.shape
         dim = self.dim  # a constant, so exported graphs keep a static normalized_shape
         x = self.dwconv1(x)
@@ -204,6 +215,27 @@ class FusedBlock(nn.Module):
             x = x + self.ffn_bias
         x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
         return x.view(batch, height, width, dim), h
+
+    def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same block on NCHW maps, for runtimes whose convolutions want NCHW (ONNX Runtime):
+        the 1x1 projections are convolutions, HSM-SSD runs on (B, C, L) and h is (B, C, N)."""
+        batch, _, height, width = x.shape
+        dim = self.dim
+        x = self.dwconv1(x)
+        n = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), eps=self.eps).permute(0, 3, 1, 2)
+        bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, 3 * self.state_dim, -1)
+        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L)
+        p = (dt + self.state_bias.unsqueeze(-1)).softmax(dim=-1) * b
+        h = torch.matmul(n.reshape(batch, dim, -1), p.transpose(1, 2))  # (B, C, N)
+        hz = torch.matmul(self.hz_weight, h) + self.hz_beta.unsqueeze(-1) * p.sum(-1).unsqueeze(1)
+        h, z = hz.split(self.d_inner, dim=1)
+        h = torch.matmul(self.out_weight, h * (F.silu(z) + self.skip))
+        x = (x.reshape(batch, dim, -1) + torch.matmul(h, c)).view(batch, dim, height, width)
+        x = self.dwconv2(x)
+        hidden = self.fc1(x)
+        if self.ffn_bias is not None:
+            x = x + self.ffn_bias.view(-1, 1, 1)
+        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight_t.t())), h.transpose(1, 2)
 
 
 class FusedPatchMerging(nn.Module):
@@ -230,12 +262,16 @@ class FusedPatchMerging(nn.Module):
         weight, bias = _conv_bn(m.dwconv2)
         self.dwconv2 = TokenConv(weight + _identity_kernel(out_dim, 3), bias, 1, out_dim, False, dtype)
 
+    channels_first = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dwconv1(x)
         x = self.dw(self.expand(x))
-        se = F.relu(F.linear(x.mean((1, 2)), self.se_fc1_weight, self.se_fc1_bias))
+        spatial = (2, 3) if self.channels_first else (1, 2)
+        se = F.relu(F.linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias))
         se = F.linear(se, self.se_fc2_weight, self.se_fc2_bias).sigmoid()
-        return self.dwconv2(self.project(x * se[:, None, None, :]))
+        se = se[:, :, None, None] if self.channels_first else se[:, None, None, :]
+        return self.dwconv2(self.project(x * se))
 
 
 class FusedStage(nn.Module):
@@ -304,6 +340,8 @@ class FusedMSFHead(nn.Module):
 
 
 class _FusedTrunk(nn.Module):
+    channels_first = False
+
     def __init__(self, model: EfficientViM | EfficientViMFeatures, dtype: torch.dtype) -> None:
         super().__init__()
         self.in_chans, self.total_stride = model.in_chans, model.total_stride
@@ -335,6 +373,8 @@ class FusedEfficientViM(_FusedTrunk):
             states.append(h * stage.blocks[-1].state_scale)
             if stage.downsample is not None:
                 x = stage.downsample(x)
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
         return self.head(states, x * self.stages[-1].out_scale)
 
 
@@ -354,19 +394,32 @@ class FusedEfficientViMFeatures(_FusedTrunk):
         maps = [s4, s8]
         for stage in self.stages:
             x, _ = stage(x)
-            maps.append(x * stage.out_scale)
+            maps.append(x * (stage.out_scale.view(-1, 1, 1) if self.channels_first else stage.out_scale))
             if stage.downsample is not None:
                 x = stage.downsample(x)
+        if self.channels_first:
+            return [maps[i] for i in self.out_indices]
         return [maps[i].permute(0, 3, 1, 2) for i in self.out_indices]
 
 
+LAYOUTS = ("channels_last", "channels_first")
+
+
 @torch.no_grad()
-def fuse(model: EfficientViM | EfficientViMFeatures) -> FusedEfficientViM | FusedEfficientViMFeatures:
+def fuse(
+    model: EfficientViM | EfficientViMFeatures, layout: str = "channels_last"
+) -> FusedEfficientViM | FusedEfficientViMFeatures:
     """An inference-only copy of ``model`` with all folding applied; ``model`` itself is not changed.
 
     The copy has the same device and dtype, is in eval mode and cannot be put back into training.
     A distilled classifier's copy returns the eval-mode output (the mean of both heads).
+    ``layout`` is how maps are held inside: ``channels_last`` (B, H, W, C) suits PyTorch eager and
+    torch.compile; ``channels_first`` (NCHW, 1x1 projections as convolutions) suits ONNX Runtime,
+    whose CPU convolutions reorder NCHW themselves and would otherwise pay a transpose per conv.
+    Inputs and outputs are NCHW either way.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     param = next(model.parameters())
     if isinstance(model, EfficientViM):
         fused = FusedEfficientViM(model, param.dtype)
@@ -374,4 +427,7 @@ def fuse(model: EfficientViM | EfficientViMFeatures) -> FusedEfficientViM | Fuse
         fused = FusedEfficientViMFeatures(model, param.dtype)
     else:
         raise TypeError(f"fuse() takes an EfficientViM or EfficientViMFeatures model, not {type(model).__name__}")
+    for m in fused.modules():
+        if hasattr(m, "channels_first"):
+            m.channels_first = layout == "channels_first"
     return fused.to(param.device).eval()

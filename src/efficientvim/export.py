@@ -23,6 +23,7 @@ from .errors import EfficientViMError
 
 EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
 MIN_OPSET = 17
+EXPORT_LAYOUT = "channels_first"  # ONNX has no strided views: NCHW avoids a transpose around every conv
 METADATA_KEYS = ("model_name", "input_size", "mean", "std", "crop_pct", "interpolation", "label_names")
 
 
@@ -76,7 +77,7 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     if isinstance(model, (FusedEfficientViM, FusedEfficientViMFeatures)):
         return model, model
     reference = copy.deepcopy(model).eval() if model.training else model  # leave the caller's mode alone
-    return reference, fuse(model)
+    return reference, fuse(model, layout=EXPORT_LAYOUT)
 
 
 def _output_names(graph: nn.Module) -> list[str]:

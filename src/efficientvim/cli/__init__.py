@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..errors import EfficientViMError
 
 # subcommand modules, in the order ``efficientvim --help`` lists them
-COMMANDS = ("models", "export")
+COMMANDS = ("models", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
