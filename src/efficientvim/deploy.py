@@ -218,24 +218,26 @@ class FusedBlock(nn.Module):
 
     def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same block on NCHW maps, for runtimes whose convolutions want NCHW (ONNX Runtime):
-        the 1x1 projections are convolutions, HSM-SSD runs on (B, C, L) and h is (B, C, N)."""
+        the 1x1 projections over tokens are convolutions and B, C, dt are (B, N, L)."""
         batch, _, height, width = x.shape
         dim = self.dim
         x = self.dwconv1(x)
-        n = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), eps=self.eps).permute(0, 3, 1, 2)
-        bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, 3 * self.state_dim, -1)
+        # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so h = P n^T takes n in
+        # that form and comes out (B, N, C): the weight maps on h are then one GEMM each
+        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), eps=self.eps)
+        bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).reshape(batch, 3 * self.state_dim, -1)
         b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L)
         p = (dt + self.state_bias.unsqueeze(-1)).softmax(dim=-1) * b
-        h = torch.matmul(n.reshape(batch, dim, -1), p.transpose(1, 2))  # (B, C, N)
-        hz = torch.matmul(self.hz_weight, h) + self.hz_beta.unsqueeze(-1) * p.sum(-1).unsqueeze(1)
-        h, z = hz.split(self.d_inner, dim=1)
-        h = torch.matmul(self.out_weight, h * (F.silu(z) + self.skip))
-        x = (x.reshape(batch, dim, -1) + torch.matmul(h, c)).view(batch, dim, height, width)
+        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (n P^T)^T, (B, N, C)
+        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(-1).unsqueeze(-1), self.hz_beta)
+        h, z = hz.split(self.d_inner, dim=-1)
+        h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
+        x = (x.reshape(batch, dim, -1) + torch.matmul(h.transpose(1, 2), c)).view(batch, dim, height, width)
         x = self.dwconv2(x)
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias.view(-1, 1, 1)
-        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight_t.t())), h.transpose(1, 2)
+        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight_t.t())), h
 
 
 class FusedPatchMerging(nn.Module):

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_results(results, out, meta)
     precision = "fp16 autocast" if args.device.startswith("cuda") else "fp32"
     title = f"{machine}, {args.threads} threads, {precision}"
-    for plot, name in ((plot_speed_accuracy, "speed_accuracy.png"), (plot_resolution_scaling, "resolution_scaling.png")):
+    plots = ((plot_speed_accuracy, "speed_accuracy.png"), (plot_resolution_scaling, "resolution_scaling.png"))
+    for plot, name in plots:
         if plot(results, out / name, title) is not None:
             paths[name] = out / name
     print(f"{'model':32s} {'runtime':12s} {'res':>5s} {'batch':>5s} {'ms/call':>9s} {'img/s':>8s} {'vs timm':>8s}")
