@@ -8,7 +8,7 @@ from torch import nn
 
 import efficientvim
 from conftest import randomize_
-from efficientvim.deploy import fuse
+from efficientvim.deploy import SMALL_GEMM_TOKENS, fuse
 
 ALL_VARIANTS = efficientvim.list_models()
 
@@ -144,3 +144,13 @@ def test_fused_model_stays_exact_with_nearly_open_and_closed_gates():
 def test_fuse_rejects_other_modules():
     with pytest.raises(TypeError, match="EfficientViM"):
         fuse(nn.Linear(2, 2))
+
+
+def test_fused_model_matches_when_projections_run_as_convolutions():
+    # from SMALL_GEMM_TOKENS tokens on, 1x1 projections switch from F.linear to oneDNN convolutions
+    model = _random_model("efficientvim_m1", num_classes=4, embed_dim=(32, 48, 64), state_dim=(8, 6, 4))
+    x = torch.randn(4, 3, 256, 256)
+    assert SMALL_GEMM_TOKENS <= 4 * (256 // 16) ** 2
+    with torch.no_grad():
+        expected, got = model(x), fuse(model)(x)
+    assert _relative_error(expected, got) < 1e-4

@@ -41,6 +41,10 @@ from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, Effici
 MAX_MOVED_BIAS_GAIN = 16.0
 
 
+# Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
+SMALL_GEMM_TOKENS = 1024
+
+
 def _frozen(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
     return nn.Parameter(t.detach().to(dtype).contiguous(), requires_grad=False)
 
@@ -80,7 +84,9 @@ class TokenConv(nn.Module):
     The permutes are views: the conv sees a channels-last NCHW tensor and returns one, so the
     output is again a contiguous (B, H', W', C') tensor. 1x1 projections with a bias run here
     too rather than as ``F.linear``: oneDNN adds the bias inside the GEMM, where ``addmm`` first
-    copies the broadcast bias into the output. With ``channels_first`` it takes and returns NCHW.
+    copies the broadcast bias into the output; below ``SMALL_GEMM_TOKENS`` tokens (batch 1, late
+    stages) PyTorch sends such convs to a slow im2col path instead, so there they run as ``F.linear``.
+    With ``channels_first`` it takes and returns NCHW.
     """
 
     channels_first = False
@@ -95,8 +101,12 @@ class TokenConv(nn.Module):
         self.padding = weight.shape[-1] // 2
         self.groups = groups
         self.relu = relu
+        self.pointwise = weight.shape[-1] == 1 and groups == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
+            x = F.linear(x, self.weight.flatten(1), self.bias)
+            return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
         x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
