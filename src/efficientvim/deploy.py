@@ -13,12 +13,15 @@ inference-only copy that computes the same function with fewer, larger operation
   a rescaled form: the block output (1 - s) (x + s / (1 - s) f(x)) is kept as x + r f(x) with
   r = s / (1 - s) folded into the branch's last projection, and the per-channel factor
   (1 - s) folded into the next depthwise kernel, which is linear in its input. The branch
-  sum then happens inside the GEMM that produces it (``baddbmm`` / ``addmm``).
+  sum then happens inside the GEMM that produces it (``baddbmm`` / ``addmm``, in place). The
+  FFN's output bias moves in front of the FFN into the preceding depthwise bias while
+  r <= ``MAX_MOVED_BIAS_GAIN`` (beyond that the move would cost fc1 precision).
 * The four (or, distilled, eight) MSF heads become one linear layer on the concatenated
   pooled features.
 * Maps are held as (B, H, W, C) tensors: every 1x1 projection is one GEMM over the tokens,
   depthwise convolutions run on the same memory as channels-last NCHW views (no copies), and
-  HSM-SSD is two batched matrix products over the token axis.
+  HSM-SSD is two batched matrix products over the token axis. ``layout="channels_first"``
+  keeps NCHW maps instead, for ONNX Runtime (see :func:`fuse`).
 
 All folding is done in float64 and cast back, so the fused model matches the original to
 float32 rounding (tests check 1e-4 relative on random weights).
@@ -39,8 +42,6 @@ from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, Effici
 # Largest gate ratio r3 = s3 / (1 - s3) for which the FFN output bias is moved in front of the FFN;
 # the move costs fc1 about r3 * eps of relative precision.
 MAX_MOVED_BIAS_GAIN = 16.0
-
-
 # Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
 SMALL_GEMM_TOKENS = 1024
 
