@@ -39,7 +39,8 @@ def _metadata(model: nn.Module) -> dict[str, str]:
 
 def _check_sizes(model: nn.Module, img_size: int | None) -> list[tuple[int, int, int]]:
     """(batch, height, width) of the verification inputs: square at the model size, and non-square."""
-    size = img_size or model.pretrained_cfg["input_size"][-1]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = img_size or cfg.get("input_size", (3, 224, 224))[-1]
     stride = model.total_stride
     size = max(stride, size // stride * stride)
     return [(1, size, size), (2, size, size + stride)]
