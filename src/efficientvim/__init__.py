@@ -7,6 +7,7 @@ Quick use::
     y, h = efficientvim.HSMSSD(dim=64, state_dim=16)(torch.randn(1, 64, 17, 23))
 """
 
+from .deploy import fuse
 from .errors import CheckpointError, EfficientViMError, ImageFileError, InputSizeError, UnknownModelError
 from .flops import count_flops
 from .hsm_ssd import HSMSSD
@@ -28,6 +29,7 @@ __all__ = [
     "UnknownModelError",
     "count_flops",
     "create_model",
+    "fuse",
     "list_models",
     "load_model",
     "model_config",

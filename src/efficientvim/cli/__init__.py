@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..errors import EfficientViMError
 
 # subcommand modules, in the order ``efficientvim --help`` lists them
-COMMANDS = ("models", "train", "eval", "predict", "visualize", "info")
+COMMANDS = ("models", "info", "predict", "visualize", "train", "eval", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The CPU runs behind docs/benchmarks.md (their results are in docs/results/<run>/). Each command
+# times its models interleaved (one call of each model per round): compare figures within a run.
+set -euo pipefail
+OUT=${OUT:-bench-results}
+THREADS=${THREADS:-2}
+OURS="efficientvim_m1+fuse,efficientvim_m2+fuse,efficientvim_m3+fuse,efficientvim_m4+fuse"
+TIMM="timm:efficientvim_m1,timm:efficientvim_m2,timm:efficientvim_m3,timm:efficientvim_m4"
+SHVIT="timm:shvit_s1,timm:shvit_s2,timm:shvit_s3,timm:shvit_s4"
+
+# eager PyTorch, batch 32 throughput and batch 1 latency, each model at its training resolution
+efficientvim bench --runtimes eager --models "$OURS,$TIMM,$SHVIT" --batch-size 32 --threads "$THREADS" \
+  --repeats 10 --warmup 3 -o "$OUT/eager-core"
+
+# the same with every peer (the default model list)
+efficientvim bench --runtimes eager --batch-size 32 --threads "$THREADS" --repeats 10 --warmup 3 -o "$OUT/eager-all"
+
+# ONNX Runtime: our exported fused graph against timm's exported models
+efficientvim bench --runtimes onnxruntime --models "$OURS,$TIMM,$SHVIT" --batch-size 32 --threads "$THREADS" \
+  --repeats 10 --warmup 3 -o "$OUT/onnxruntime"
+
+# torch.compile (compilation happens during warm-up and takes minutes per model)
+efficientvim bench --runtimes compile --models "efficientvim_m2+fuse,timm:efficientvim_m2" \
+  --batch-size 32 --threads "$THREADS" --repeats 5 --warmup 2 -o "$OUT/compile"
+
+# resolution scaling at batch 1 against SHViT
+efficientvim bench --runtimes eager \
+  --models "efficientvim_m2+fuse,timm:efficientvim_m2,timm:shvit_s2,efficientvim_m4+fuse,timm:efficientvim_m4,timm:shvit_s4" \
+  --resolutions 224,384,512,768,1024 --batch-size 1 --no-latency --threads "$THREADS" --repeats 5 --warmup 1 \
+  -o "$OUT/resolution"
+
+for run in eager-core eager-all onnxruntime compile resolution; do
+  python benchmarks/summarize.py "$OUT/$run/results.json" > "$OUT/$run/summary.md"
+done

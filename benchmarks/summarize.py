@@ -1,0 +1,65 @@
+"""Turn ``efficientvim bench`` results.json files into the Markdown tables of docs/benchmarks.md.
+
+    python benchmarks/summarize.py RESULTS.json [MORE.json ...]
+
+Prints one table per (runtime, batch size): measured figures, the ratio against timm's
+reparameterised EfficientViM of the same variant (median of interleaved per-round ratios), and
+for EfficientViM the ratio against the SHViT of the same size (S1 for M1 ... S4 for M4), also a
+median of per-round ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+SHVIT_PEER = {f"efficientvim_m{i}": f"timm:shvit_s{i}" for i in range(1, 5)}
+
+
+def _family(name: str) -> str:
+    return name.removeprefix("timm:").removesuffix("+fuse")
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def summarize(paths: list[str]) -> str:
+    out = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        meta = data["meta"]
+        out.append(f"Source: `{path}` — {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}, "
+                   f"warm-up {meta['warmup']}, median of {meta['repeats']} interleaved calls.\n")
+        groups = defaultdict(list)
+        for r in data["results"]:
+            groups[(r["runtime"], r["batch_size"], r["resolution"] if r["batch_size"] else 0)].append(r)
+        for (runtime, batch, _), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
+            if not batch:
+                for r in rows:
+                    out.append(f"- {r['model']} ({runtime}) failed: {r['error']}")
+                continue
+            times = {r["model"]: r["times_ms"] for r in rows if not r["error"]}
+            out.append(f"\n**{runtime}, batch {batch}, {rows[0]['resolution']}px** "
+                       f"({rows[0]['precision']}, {rows[0]['device']})\n")
+            out.append("| model | ms / call | images / s | ms / image | peak MB | vs timm EfficientViM | vs SHViT |")
+            out.append("|---|---:|---:|---:|---:|---:|---:|")
+            for r in rows:
+                if r["error"]:
+                    out.append(f"| {r['model']} | failed: {r['error'][:60]} | | | | | |")
+                    continue
+                vs_timm = f"{r['vs_timm']:.2f}x" if r["vs_timm"] else ""
+                peer = SHVIT_PEER.get(_family(r["model"]))
+                vs_shvit = f"{_paired(times[peer], times[r['model']]):.2f}x" if peer in times else ""
+                mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "–"
+                out.append(f"| {r['model']} | {r['median_ms']:.1f} | {r['images_per_s']:.1f} | "
+                           f"{r['ms_per_image']:.2f} | {mem} | {vs_timm} | {vs_shvit} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1:]))

@@ -1,0 +1,409 @@
+"""Inference speed of EfficientViM against its timm peers: throughput, latency, memory, plots.
+
+Every figure is the median of repeated timed calls after warm-up, with the device synchronised
+around each call on CUDA. Models of one setting (runtime, resolution, batch) are timed
+interleaved, one call each in turn, so a slow moment of a shared machine hits all of them;
+ratios against the timm baseline are medians of the per-round ratios.
+
+Model names: ``efficientvim_m2`` (this package, as trained), ``efficientvim_m2+fuse`` (this
+package after :func:`efficientvim.fuse`), ``timm:NAME`` (a timm model created with
+``pretrained=False`` and reparameterised for inference with ``timm.utils.model.reparameterize_model``,
+e.g. ``timm:efficientvim_m2``, the baseline, or ``timm:shvit_s2``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .deploy import fuse
+from .errors import EfficientViMError, UnknownModelError
+from .export import EXPORT_LAYOUT
+from .registry import create_model, list_models, model_config
+
+RUNTIMES = ("eager", "compile", "onnxruntime")
+TASKS = ("classification",)
+FUSE_SUFFIX = "+fuse"
+TIMM_PREFIX = "timm:"
+TIMM_PEERS = (
+    "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4",
+    "efficientvit_m0", "efficientvit_m1", "efficientvit_m2", "efficientvit_m3", "efficientvit_m4", "efficientvit_m5",
+    "mobilenetv3_large_100", "mobilenetv4_conv_small", "repvit_m0_9", "fastvit_t8",
+)  # fmt: skip
+DEFAULT_MODELS = (
+    *(f"efficientvim_m{i}{FUSE_SUFFIX}" for i in range(1, 5)),
+    *(f"{TIMM_PREFIX}efficientvim_m{i}" for i in range(1, 5)),
+    *(TIMM_PREFIX + p for p in TIMM_PEERS),
+)
+# Published ImageNet-1k top-1 (%) of the released weights, for the speed-accuracy plot only.
+# EfficientViM: 450-epoch weights; peers as quoted in the EfficientViM paper.
+PUBLISHED_TOP1 = {
+    "efficientvim_m1": 73.5, "efficientvim_m2": 75.8, "efficientvim_m3": 77.9, "efficientvim_m4": 79.6,
+    "shvit_s1": 72.8, "shvit_s2": 75.2, "shvit_s3": 77.4, "shvit_s4": 79.4,
+    "mobilenetv3_large_100": 75.2, "efficientvit_m2": 70.8, "efficientvit_m4": 74.3, "efficientvit_m5": 77.1,
+}  # fmt: skip
+
+
+class BenchmarkError(EfficientViMError):
+    """A benchmark request that cannot run (unknown runtime or model, CUDA without a GPU)."""
+
+
+@dataclass
+class Result:
+    """One timed setting of one model."""
+
+    model: str
+    runtime: str
+    device: str
+    precision: str
+    threads: int
+    batch_size: int
+    resolution: int
+    median_ms: float  # per call (one batch)
+    images_per_s: float
+    ms_per_image: float
+    peak_memory_mb: float | None  # peak memory of one call above the model's own (None: not measurable)
+    repeats: int
+    vs_timm: float | None = None  # time of timm's same variant / this time, median over rounds
+    times_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def model_family(name: str) -> str:
+    """``timm:shvit_s2`` -> ``shvit_s2``; ``efficientvim_m2+fuse`` -> ``efficientvim_m2``."""
+    return name.removeprefix(TIMM_PREFIX).removesuffix(FUSE_SUFFIX)
+
+
+def native_resolution(name: str) -> int:
+    """The resolution a model was trained at (M4: 256)."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.get_pretrained_cfg(model_family(name)).input_size[-1]
+    return model_config(model_family(name))["img_size"]
+
+
+def build_model(name: str, runtime: str = "eager") -> nn.Module:
+    """An eval-mode model for a benchmark name, weights random (speed does not depend on them)."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+        from timm.utils.model import reparameterize_model
+
+        arch = model_family(name)
+        if not timm.is_model(arch):
+            raise UnknownModelError(f"timm has no model {arch!r}: see timm.list_models()")
+        return reparameterize_model(timm.create_model(arch, pretrained=False).eval())
+    base = model_family(name)
+    if base not in list_models():
+        raise UnknownModelError(
+            f"unknown benchmark model {name!r}: use an efficientvim name (optionally +fuse) or timm:NAME"
+        )
+    model = create_model(base).eval()
+    if not name.endswith(FUSE_SUFFIX):
+        return model
+    return fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last")
+
+
+class _Runner:
+    """One model prepared for one runtime; ``__call__`` runs one synchronised batch."""
+
+    def __init__(self, name: str, runtime: str, device: str, threads: int, workdir: Path) -> None:
+        self.name = name
+        model = build_model(name, runtime).to(device)
+        self.model = model
+        self.device = device
+        self.run: Callable[[torch.Tensor], object]
+        if runtime == "eager":
+            self.run = model
+        elif runtime == "compile":
+            self.run = torch.compile(model, dynamic=False)
+        elif runtime == "onnxruntime":
+            self.run = self._onnx(model, name, threads, workdir)
+        else:
+            raise BenchmarkError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+
+    def _onnx(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
+        import warnings
+
+        import onnxruntime as ort
+
+        path = workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
+        if not path.exists():
+            sample = torch.zeros(1, 3, 224, 224)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model.cpu(), (sample,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                    dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}},
+                )  # fmt: skip
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {input_name: x.numpy()})
+
+    def __call__(self, x: torch.Tensor) -> float:
+        """Seconds for one call, device synchronised."""
+        cuda = self.device.startswith("cuda")
+        autocast = torch.autocast("cuda", torch.float16) if cuda else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            self.run(x)
+            if cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+    def peak_memory_mb(self, x: torch.Tensor, runtime: str) -> float | None:
+        """Peak memory one call allocates beyond the weights: CUDA allocator peak, or on CPU the
+        running sum of tensor allocations and frees recorded by the PyTorch profiler (eager graph)."""
+        if runtime == "onnxruntime":
+            return None  # ONNX Runtime allocates outside PyTorch's view
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            self(x)
+            return (torch.cuda.max_memory_allocated() - base) / 2**20
+        with torch.inference_mode(), torch.profiler.profile(profile_memory=True) as prof:
+            self.model(x)
+        events = sorted((e for e in prof.events() if e.cpu_parent is None), key=lambda e: e.time_range.start)
+        running = peak = 0
+        for e in events:
+            running += e.cpu_memory_usage
+            peak = max(peak, running)
+        return peak / 2**20
+
+
+def _median_ratio(base: Sequence[float], times: Sequence[float]) -> float:
+    return statistics.median(b / t for b, t in zip(base, times))
+
+
+def run_benchmark(
+    models: Sequence[str] = DEFAULT_MODELS,
+    runtimes: Sequence[str] = ("eager",),
+    resolutions: Sequence[int | str] = ("native",),
+    batch_sizes: Sequence[int] = (32, 1),
+    threads: int = 2,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    task: str = "classification",
+    progress: bool = True,
+) -> list[Result]:
+    """Time every model in every (runtime, resolution, batch size) setting; see the module docstring.
+
+    ``resolutions`` may hold ``"native"``: each model at its training resolution (M4: 256).
+    On CUDA the models run under fp16 autocast; on CPU in fp32 with ``threads`` threads.
+    """
+    from tqdm.auto import tqdm
+
+    if task not in TASKS:
+        raise BenchmarkError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchmarkError("--device cuda asked for, but PyTorch sees no GPU: use --device cpu")
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad:
+        raise BenchmarkError(f"unknown runtime {bad[0]!r}: choose from {', '.join(RUNTIMES)}")
+    if device.startswith("cuda") and "onnxruntime" in runtimes:
+        raise BenchmarkError("the onnxruntime runtime is benchmarked on CPU only: drop it or use --device cpu")
+    for name in models:
+        _check_name(name)
+    torch.set_num_threads(threads)
+    precision = "fp16-autocast" if device.startswith("cuda") else "fp32"
+    settings = [(rt, res, bs) for rt in runtimes for res in resolutions for bs in batch_sizes]
+    bar = tqdm(total=len(settings) * len(models) * (warmup + repeats), disable=not progress, desc="bench")
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for runtime in runtimes:
+            runners = {}
+            for name in models:
+                try:
+                    runners[name] = _Runner(name, runtime, device, threads, Path(workdir))
+                except Exception as e:  # one peer failing to build or export must not end the run
+                    results.append(_failed(name, runtime, device, precision, threads, e))
+            for res in resolutions:
+                for batch in batch_sizes:
+                    bar.set_postfix_str(f"{runtime} {res} b{batch}")
+                    results += _time_setting(runners, runtime, res, batch, device, precision, threads, warmup,
+                                             repeats, bar)  # fmt: skip
+    bar.close()
+    return results
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    known = timm.is_model(model_family(name)) if name.startswith(TIMM_PREFIX) else model_family(name) in list_models()
+    if not known:
+        raise UnknownModelError(
+            f"unknown benchmark model {name!r}: use an efficientvim name (optionally +fuse) or timm:NAME"
+        )
+
+
+def _failed(name: str, runtime: str, device: str, precision: str, threads: int, e: Exception) -> Result:
+    message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    return Result(name, runtime, device, precision, threads, 0, 0, float("nan"), float("nan"), float("nan"), None,
+                  0, error=message)  # fmt: skip
+
+
+def _time_setting(runners, runtime, res, batch, device, precision, threads, warmup, repeats, bar) -> list[Result]:
+    inputs, times, failed = {}, {}, {}
+    for name, runner in runners.items():
+        size = native_resolution(name) if res == "native" else int(res)
+        inputs[name] = torch.randn(batch, 3, size, size, device=device)
+        try:
+            for _ in range(warmup):
+                runner(inputs[name])
+                bar.update()
+            times[name] = []
+        except Exception as e:
+            failed[name] = e
+            bar.update(warmup + repeats)
+    for _ in range(repeats):  # interleaved: one call of each model per round
+        for name in times:
+            times[name].append(runners[name](inputs[name]))
+            bar.update()
+    results = []
+    for name, runner in runners.items():
+        size = inputs[name].shape[-1]
+        if name in failed:
+            r = _failed(name, runtime, device, precision, threads, failed[name])
+            r.batch_size, r.resolution = batch, size
+            results.append(r)
+            continue
+        median = statistics.median(times[name])
+        base = TIMM_PREFIX + model_family(name)
+        vs_timm = _median_ratio(times[base], times[name]) if base in times and base != name else None
+        results.append(Result(
+            name, runtime, device, precision, threads, batch, size, median * 1e3, batch / median,
+            median * 1e3 / batch, runner.peak_memory_mb(inputs[name], runtime), repeats, vs_timm,
+            [t * 1e3 for t in times[name]],
+        ))  # fmt: skip
+    return results
+
+
+def write_results(results: Sequence[Result], out_dir: str | Path, meta: dict) -> dict[str, Path]:
+    """Write ``results.csv`` and ``results.json`` (with run metadata); return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in results]
+    csv_path, json_path = out_dir / "results.csv", out_dir / "results.json"
+    with open(csv_path, "w", newline="") as f:
+        columns = [c for c in rows[0] if c != "times_ms"] if rows else []
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    return {"csv": csv_path, "json": json_path}
+
+
+def _family_label(name: str) -> str:
+    """``efficientvim_m2+fuse`` -> ``efficientvim fused``, ``timm:shvit_s2`` -> ``shvit (timm)``."""
+    family = re.sub(r"_[a-z]?\d+(_\d+)?$", "", model_family(name))
+    return _label(name.replace(model_family(name), family))
+
+
+def _label(name: str) -> str:
+    if name.startswith(TIMM_PREFIX):
+        return name.removeprefix(TIMM_PREFIX) + " (timm)"
+    return name.replace(FUSE_SUFFIX, " fused")
+
+
+def plot_speed_accuracy(results: Sequence[Result], path: str | Path, title: str) -> Path | None:
+    """Published top-1 against measured throughput at the largest batch; our models as a connected front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if r.error is None and model_family(r.model) in PUBLISHED_TOP1]
+    if not ok:
+        return None
+    batch = max(r.batch_size for r in ok)
+    ok = [r for r in ok if r.batch_size == batch]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    groups: dict[str, list[Result]] = {}
+    for r in ok:
+        groups.setdefault(f"{_family_label(r.model)} {r.runtime}", []).append(r)
+    for key, rs in sorted(groups.items()):
+        rs.sort(key=lambda r: PUBLISHED_TOP1[model_family(r.model)])
+        xs = [r.images_per_s for r in rs]
+        ys = [PUBLISHED_TOP1[model_family(r.model)] for r in rs]
+        ours = not rs[0].model.startswith(TIMM_PREFIX)
+        ax.plot(xs, ys, "o-" if ours or len(rs) > 1 else "o", lw=2.5 if ours else 1, label=key, zorder=3 if ours else 2)
+        for r, x, y in zip(rs, xs, ys):
+            ax.annotate(model_family(r.model).split("_")[-1], (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_xlabel(f"throughput (images/s, batch {batch})")
+    ax.set_ylabel("published ImageNet-1k top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_resolution_scaling(results: Sequence[Result], path: str | Path, title: str) -> Path | None:
+    """Time per image against pixels per image (log-log), one line per model and runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if r.error is None]
+    lines: dict[tuple[str, str, int], list[Result]] = {}
+    for r in ok:
+        lines.setdefault((r.model, r.runtime, r.batch_size), []).append(r)
+    lines = {k: sorted(v, key=lambda r: r.resolution) for k, v in lines.items() if len({r.resolution for r in v}) > 1}
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for (model, runtime, batch), rs in sorted(lines.items()):
+        pixels = [r.resolution**2 for r in rs]
+        ax.plot(pixels, [r.ms_per_image for r in rs], "o-", lw=2.5 if not model.startswith(TIMM_PREFIX) else 1,
+                label=f"{_label(model)} {runtime} b{batch}")  # fmt: skip
+    first = min(lines.values(), key=lambda rs: rs[0].ms_per_image)
+    p0, t0 = first[0].resolution ** 2, first[0].ms_per_image
+    p1 = max(r.resolution for rs in lines.values() for r in rs) ** 2
+    ax.plot([p0, p1], [t0, t0 * p1 / p0], "k:", lw=1, label="linear in pixels")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("pixels per image")
+    ax.set_ylabel("ms per image")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def machine_description(device: str) -> str:
+    """CPU model (or GPU name), for the record next to every figure."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()

@@ -1,0 +1,90 @@
+"""``efficientvim bench``: throughput, latency and memory of EfficientViM and its timm peers, with plots."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import torch
+
+from ..bench import (
+    DEFAULT_MODELS,
+    RUNTIMES,
+    TASKS,
+    BenchmarkError,
+    machine_description,
+    plot_resolution_scaling,
+    plot_speed_accuracy,
+    run_benchmark,
+    write_results,
+)
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+    return parse
+
+
+def _resolution(text: str) -> int | str:
+    return text if text == "native" else int(text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark inference speed against timm peers (CSV, JSON, plots)",
+        description="Throughput (batch N) and latency (batch 1): warm-up, then the median of interleaved "
+        "timed calls. Models: efficientvim_mX, efficientvim_mX+fuse, timm:NAME (pretrained=False, reparameterised).",
+    )
+    p.add_argument("--task", choices=TASKS, default="classification", help="what the models are benchmarked for")
+    p.add_argument("--models", type=_csv(str), default=list(DEFAULT_MODELS), help="comma-separated model names")
+    p.add_argument("--runtimes", type=_csv(str), default=["eager"], help=f"comma-separated: {', '.join(RUNTIMES)}")
+    p.add_argument("--resolutions", type=_csv(_resolution), default=["native"],
+                   help="comma-separated sizes, or 'native' (each model's training size; M4: 256)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch for throughput")
+    p.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (PyTorch intra-op and ONNX Runtime)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, or cuda (fp16 autocast); default: cuda when a GPU is present")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per model and setting")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per model and setting (median reported)")
+    p.add_argument("-o", "--output-dir", default="bench-results", help="folder for results.csv/json and plots")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.repeats < 1 or args.threads < 1 or args.warmup < 0:
+        raise BenchmarkError("--batch-size, --repeats and --threads must be positive, --warmup not negative")
+    batches = [args.batch_size] + ([] if args.no_latency or args.batch_size == 1 else [1])
+    results = run_benchmark(
+        args.models, args.runtimes, args.resolutions, batches, args.threads, args.device, args.warmup,
+        args.repeats, args.task, progress=not args.no_progress,
+    )  # fmt: skip
+    machine = machine_description(args.device)
+    meta = dict(machine=machine, device=args.device, threads=args.threads, torch=torch.__version__,
+                python=platform.python_version(), warmup=args.warmup, repeats=args.repeats, task=args.task)  # fmt: skip
+    out = Path(args.output_dir)
+    paths = write_results(results, out, meta)
+    precision = "fp16 autocast" if args.device.startswith("cuda") else "fp32"
+    title = f"{machine}, {args.threads} threads, {precision}"
+    plots = ((plot_speed_accuracy, "speed_accuracy.png"), (plot_resolution_scaling, "resolution_scaling.png"))
+    for plot, name in plots:
+        if plot(results, out / name, title) is not None:
+            paths[name] = out / name
+    print(f"{'model':32s} {'runtime':12s} {'res':>5s} {'batch':>5s} {'ms/call':>9s} {'img/s':>8s} {'vs timm':>8s}")
+    for r in results:
+        if r.error:
+            print(f"{r.model:32s} {r.runtime:12s} failed: {r.error}")
+            continue
+        ratio = f"{r.vs_timm:.2f}x" if r.vs_timm else ""
+        print(f"{r.model:32s} {r.runtime:12s} {r.resolution:5d} {r.batch_size:5d} {r.median_ms:9.2f} "
+              f"{r.images_per_s:8.1f} {ratio:>8s}")  # fmt: skip
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,446 @@
+"""The inference graph of EfficientViM: every affine map folded, tokens kept channels-last.
+
+``fuse(model)`` turns a trained :class:`EfficientViM` or :class:`EfficientViMFeatures` into an
+inference-only copy that computes the same function with fewer, larger operations:
+
+* BatchNorm is folded into the convolution or projection before it.
+* A gated depthwise branch (1 - s) x + s DW(x) is one depthwise conv whose kernel is
+  s K + (1 - s) delta (delta: the identity kernel), and a residual x + DW(x) is K + delta.
+* LayerNorm's affine (gamma, beta) is folded into the maps that read the normalised tokens
+  (the B/C/dt projection, the hidden-state projection and the MSF head), so only the
+  normalisation itself remains.
+* The gates of the HSM-SSD and FFN branches become free by carrying the residual stream in
+  a rescaled form: the block output (1 - s) (x + s / (1 - s) f(x)) is kept as x + r f(x) with
+  r = s / (1 - s) folded into the branch's last projection, and the per-channel factor
+  (1 - s) folded into the next depthwise kernel, which is linear in its input. The branch
+  sum then happens inside the GEMM that produces it (``baddbmm`` / ``addmm``, in place). The
+  FFN's output bias moves in front of the FFN into the preceding depthwise bias while
+  r <= ``MAX_MOVED_BIAS_GAIN`` (beyond that the move would cost fc1 precision).
+* The four (or, distilled, eight) MSF heads become one linear layer on the concatenated
+  pooled features.
+* Maps are held as (B, H, W, C) tensors: every 1x1 projection is one GEMM over the tokens,
+  depthwise convolutions run on the same memory as channels-last NCHW views (no copies), and
+  HSM-SSD is two batched matrix products over the token axis. ``layout="channels_first"``
+  keeps NCHW maps instead, for ONNX Runtime (see :func:`fuse`).
+
+All folding is done in float64 and cast back, so the fused model matches the original to
+float32 rounding (tests check 1e-4 relative on random weights).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hsm_ssd import HSMSSD
+from .layers import ConvNorm, PatchMerging, Stem
+from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, EfficientViMStage, _check_input
+
+# Largest gate ratio r3 = s3 / (1 - s3) for which the FFN output bias is moved in front of the FFN;
+# the move costs fc1 about r3 * eps of relative precision.
+MAX_MOVED_BIAS_GAIN = 16.0
+# Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
+SMALL_GEMM_TOKENS = 1024
+
+
+def _frozen(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(t.detach().to(dtype).contiguous(), requires_grad=False)
+
+
+def _conv_bn(m: ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight and bias with the BatchNorm that follows folded in (float64)."""
+    bn = m.norm
+    scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+    weight = m.conv.weight.double() * scale.view(-1, 1, 1, 1)
+    return weight, bn.bias.double() - bn.running_mean.double() * scale
+
+
+def _accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x + a @ b with ``op`` = torch.addmm or torch.baddbmm, in place when running eagerly.
+
+    In place saves a pass over x (x is always a fresh intermediate here); traced graphs (ONNX,
+    TorchScript) get the functional op, since the exporters do not keep in-place semantics.
+    """
+    if torch.jit.is_tracing():
+        return op(x, a, b)
+    return getattr(x, op.__name__ + "_")(a, b)
+
+
+def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
+    return weight.view(*weight.shape[:2], 1, 1)
+
+
+def _identity_kernel(channels: int, size: int) -> torch.Tensor:
+    delta = torch.zeros(channels, 1, size, size, dtype=torch.float64)
+    delta[:, :, size // 2, size // 2] = 1.0
+    return delta
+
+
+class TokenConv(nn.Module):
+    """A conv (dense, depthwise or 1x1) with bias and optional ReLU on a (B, H, W, C) map.
+
+    The permutes are views: the conv sees a channels-last NCHW tensor and returns one, so the
+    output is again a contiguous (B, H', W', C') tensor. 1x1 projections with a bias run here
+    too rather than as ``F.linear``: oneDNN adds the bias inside the GEMM, where ``addmm`` first
+    copies the broadcast bias into the output; below ``SMALL_GEMM_TOKENS`` tokens (batch 1, late
+    stages) PyTorch sends such convs to a slow im2col path instead, so there they run as ``F.linear``.
+    With ``channels_first`` it takes and returns NCHW.
+    """
+
+    channels_first = False
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, groups: int, relu: bool, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.weight = _frozen(weight, dtype)
+        self.bias = _frozen(bias, dtype) if bias is not None else None
+        self.stride = stride
+        self.padding = weight.shape[-1] // 2
+        self.groups = groups
+        self.relu = relu
+        self.pointwise = weight.shape[-1] == 1 and groups == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
+            x = F.linear(x, self.weight.flatten(1), self.bias)
+            return x.relu_() if self.relu else x
+        if not self.channels_first:
+            x = x.permute(0, 3, 1, 2)
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+        if self.relu:
+            x = x.relu_()  # in place: the conv output is a fresh tensor
+        return x if self.channels_first else x.permute(0, 2, 3, 1)
+
+
+class FusedStem(nn.Module):
+    """The four stride-2 Conv-BN layers of the stem; the input image is made channels-last once."""
+
+    channels_first = False
+
+    def __init__(self, stem: Stem, dtype: torch.dtype) -> None:
+        super().__init__()
+        layers = []
+        for m in stem.conv:
+            weight, bias = _conv_bn(m)
+            layers.append(TokenConv(weight, bias, m.conv.stride[0], 1, hasattr(m, "act"), dtype))
+        self.conv = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the stride 4, 8 and 16 maps as (B, H, W, C), or NCHW with ``channels_first``."""
+        if not self.channels_first:
+            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        levels = []
+        for conv in self.conv:
+            x = conv(x)
+            levels.append(x)
+        return levels[1:]
+
+
+def _stream_scale(block: EfficientViMBlock) -> torch.Tensor:
+    """The factor (1 - s3) between a fused block's output stream and the true block output."""
+    return 1.0 - block.alpha[3].double().sigmoid()
+
+
+class FusedBlock(nn.Module):
+    """One EfficientViM block on a rescaled stream: reads x_true / in_scale, returns x_true / _stream_scale.
+
+    Shapes: x (B, H, W, C); the returned hidden state is h * r1 (B, N, C) with r1 = s1 / (1 - s1);
+    ``state_scale`` = 1 / r1 recovers the true h for the MSF head.
+    """
+
+    def __init__(self, block: EfficientViMBlock, in_scale: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        mixer: HSMSSD = block.mixer
+        dim, state_dim = mixer.dim, mixer.state_dim
+        self.dim, self.state_dim, self.d_inner, self.eps = dim, state_dim, mixer.d_inner, block.norm.eps
+        s = block.alpha.double().sigmoid()  # the four gates s0..s3, each (C,)
+        keep = 1.0 - s  # (1 - s_i) in float64: exact enough even for strongly open gates
+        r = s / keep
+
+        # 1. x = (1 - s0) x + s0 DW(x), on the stream x_true = in_scale * x
+        weight, bias = _conv_bn(block.dwconv1)
+        kernel = s[0].view(-1, 1, 1, 1) * weight + keep[0].view(-1, 1, 1, 1) * _identity_kernel(dim, 3)
+        self.dwconv1 = TokenConv(kernel * in_scale.view(-1, 1, 1, 1), s[0] * bias, 1, dim, False, dtype)
+
+        # 2. HSM-SSD on LN(x) = gamma * n + beta: gamma scales the input columns of the maps reading n;
+        #    beta becomes a bias of W_BCdt (before the zero-padded DW conv, so it stays exact) and,
+        #    for h = (gamma * n + beta) P^T, the rank-one term (W_hz beta) (sum_L P)
+        gamma, beta = block.norm.weight.double(), block.norm.bias.double()
+        w_bcdt = mixer.BCdt_proj.conv.weight.double().squeeze(-1)
+        self.bcdt_proj = TokenConv(_as_1x1(w_bcdt * gamma), w_bcdt @ beta, 1, 1, False, dtype)
+        self.bcdt_dw = TokenConv(mixer.dw.conv.weight.double(), None, 1, 3 * state_dim, False, dtype)
+        self.state_bias = _frozen(mixer.A.double(), dtype)  # a
+        w_hz = mixer.hz_proj.conv.weight.double().squeeze(-1)
+        self.hz_weight = _frozen(w_hz * gamma, dtype)
+        self.hz_beta = _frozen(w_hz @ beta, dtype)
+        self.skip = _frozen(mixer.D.double(), dtype)  # d
+        # y enters the stream as r1 * y = (r1 * W_out g) C
+        self.out_weight = _frozen(mixer.out_proj.conv.weight.double().squeeze(-1) * r[1].view(-1, 1), dtype)
+        self.state_scale = _frozen(1.0 / r[1], dtype)
+
+        # 3. x = (1 - s2) x + s2 DW(x) on the stream scaled by (1 - s1)
+        weight, bias = _conv_bn(block.dwconv2)
+        kernel = s[2].view(-1, 1, 1, 1) * weight + keep[2].view(-1, 1, 1, 1) * _identity_kernel(dim, 3)
+        kernel, bias = kernel * keep[1].view(-1, 1, 1, 1), s[2] * bias
+
+        # 4. x = (1 - s3) (x + r3 FFN(x)); the sum is accumulated in place by the fc2 GEMM. The FFN's
+        #    output bias r3 b2 moves into the DW bias above (fc1's bias subtracts W1 r3 b2 to compensate)
+        #    unless r3 is large, where that subtraction would cancel away fc1's input precision.
+        w1, b1 = _conv_bn(block.ffn.fc1)
+        w2, b2 = _conv_bn(block.ffn.fc2)
+        w2, b2 = w2.flatten(1) * r[3].view(-1, 1), b2 * r[3]
+        self.ffn_bias = None
+        if r[3].max() <= MAX_MOVED_BIAS_GAIN:
+            bias, b1 = bias + b2, b1 - w1.flatten(1) @ b2
+        else:
+            self.ffn_bias = _frozen(b2, dtype)
+        self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype)
+        self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
+        self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
+
+    channels_first = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_first:
+            return self._forward_channels_first(x)
+        batch, height, width, _ = x.shape
+        dim = self.dim  # a constant, so exported graphs keep a static normalized_shape
+        x = self.dwconv1(x)
+        n = F.layer_norm(x, (dim,), eps=self.eps)
+        bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
+        b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N)
+        p = (dt + self.state_bias).softmax(dim=1) * b  # A * B, A a distribution over the L tokens
+        tokens = x.reshape(batch, height * width, dim)
+        h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # n P^T, (B, N, C)
+        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(1).unsqueeze(-1), self.hz_beta)
+        h, z = hz.split(self.d_inner, dim=-1)
+        h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h, (B, N, C)
+        x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
+        x = self.dwconv2(x)
+        hidden = self.fc1(x)
+        if self.ffn_bias is not None:
+            x = x + self.ffn_bias
+        x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
+        return x.view(batch, height, width, dim), h
+
+    def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same block on NCHW maps, for runtimes whose convolutions want NCHW (ONNX Runtime):
+        the 1x1 projections over tokens are convolutions and B, C, dt are (B, N, L)."""
+        batch, _, height, width = x.shape
+        dim = self.dim
+        x = self.dwconv1(x)
+        # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so h = P n^T takes n in
+        # that form and comes out (B, N, C): the weight maps on h are then one GEMM each
+        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), eps=self.eps)
+        bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).reshape(batch, 3 * self.state_dim, -1)
+        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L)
+        p = (dt + self.state_bias.unsqueeze(-1)).softmax(dim=-1) * b
+        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (n P^T)^T, (B, N, C)
+        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(-1).unsqueeze(-1), self.hz_beta)
+        h, z = hz.split(self.d_inner, dim=-1)
+        h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
+        x = (x.reshape(batch, dim, -1) + torch.matmul(h.transpose(1, 2), c)).view(batch, dim, height, width)
+        x = self.dwconv2(x)
+        hidden = self.fc1(x)
+        if self.ffn_bias is not None:
+            x = x + self.ffn_bias.view(-1, 1, 1)
+        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight_t.t())), h
+
+
+class FusedPatchMerging(nn.Module):
+    """PatchMerging on (B, H, W, C): residual DW, 1x1 expand, DW stride 2, SE, 1x1 project, residual DW."""
+
+    def __init__(self, m: PatchMerging, in_scale: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        in_dim = m.dwconv1.conv.in_channels
+        weight, bias = _conv_bn(m.dwconv1)
+        self.dwconv1 = TokenConv((weight + _identity_kernel(in_dim, 3)) * in_scale.view(-1, 1, 1, 1), bias, 1, in_dim,
+                                 False, dtype)
+        w, b = _conv_bn(m.conv[0])
+        self.expand = TokenConv(w, b, 1, 1, True, dtype)
+        w, b = _conv_bn(m.conv[1])
+        self.dw = TokenConv(w, b, 2, w.shape[0], True, dtype)
+        se = m.conv[2]
+        self.se_fc1_weight = _frozen(se.fc1.weight.double().flatten(1), dtype)
+        self.se_fc1_bias = _frozen(se.fc1.bias.double(), dtype)
+        self.se_fc2_weight = _frozen(se.fc2.weight.double().flatten(1), dtype)
+        self.se_fc2_bias = _frozen(se.fc2.bias.double(), dtype)
+        w, b = _conv_bn(m.conv[3])
+        self.project = TokenConv(w, b, 1, 1, False, dtype)
+        out_dim = w.shape[0]
+        weight, bias = _conv_bn(m.dwconv2)
+        self.dwconv2 = TokenConv(weight + _identity_kernel(out_dim, 3), bias, 1, out_dim, False, dtype)
+
+    channels_first = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dwconv1(x)
+        x = self.dw(self.expand(x))
+        spatial = (2, 3) if self.channels_first else (1, 2)
+        se = F.relu(F.linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias))
+        se = F.linear(se, self.se_fc2_weight, self.se_fc2_bias).sigmoid()
+        se = se[:, :, None, None] if self.channels_first else se[:, None, None, :]
+        return self.dwconv2(self.project(x * se))
+
+
+class FusedStage(nn.Module):
+    """Blocks of one stage; ``out_scale`` (C,) maps the returned stream back to the true stage output."""
+
+    def __init__(self, stage: EfficientViMStage, dtype: torch.dtype) -> None:
+        super().__init__()
+        scale = torch.ones(stage.blocks[0].alpha.shape[1], dtype=torch.float64)
+        blocks = []
+        for block in stage.blocks:
+            blocks.append(FusedBlock(block, scale, dtype))
+            scale = _stream_scale(block)
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = FusedPatchMerging(stage.downsample, scale, dtype) if stage.downsample is not None else None
+        self.out_scale = _frozen(scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the rescaled stage output (B, H, W, C) and the last block's rescaled hidden state."""
+        h = x
+        for block in self.blocks:
+            x, h = block(x)
+        return x, h
+
+
+class FusedMSFHead(nn.Module):
+    """The MSF head as one linear map: logits = W [mean_N n(h_0); mean_N n(h_1); mean_N n(h_2); mean_L n(x)] + b.
+
+    n is the affine-free LayerNorm; each head's LayerNorm affine and softmax(w)_i weight are in W and b,
+    and a distilled model's two head sets are averaged (its eval output). With no classes the
+    head returns the pooled features with the LayerNorm affine applied, like ``pre_logits``.
+    """
+
+    def __init__(self, model: EfficientViM, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dims = tuple(n.normalized_shape[0] for n in model.norm)
+        self.eps = tuple(n.eps for n in model.norm)
+        gamma = torch.cat([n.weight.double().flatten() for n in model.norm])
+        beta = torch.cat([n.bias.double().flatten() for n in model.norm])
+        self.num_classes = model.num_classes
+        if model.num_classes == 0:
+            self.weight, self.bias = _frozen(gamma, dtype), _frozen(beta, dtype)
+            return
+        head_sets = [(model.heads, model.weights)]
+        if model.distilled:
+            head_sets.append((model.heads_dist, model.weights_dist))
+        weight = 0.0
+        for heads, w in head_sets:
+            w = w.double().softmax(-1)
+            weight = weight + torch.cat([w[i] * head.weight.double() for i, head in enumerate(heads)], dim=1)
+        bias = 0.0
+        for heads, w in head_sets:
+            w = w.double().softmax(-1)
+            bias = bias + sum(w[i] * head.bias.double() for i, head in enumerate(heads))
+        weight, bias = weight / len(head_sets), bias / len(head_sets)
+        self.weight = _frozen(weight * gamma, dtype)
+        self.bias = _frozen(bias + weight @ beta, dtype)
+
+    def forward(self, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """states: true hidden states (B, N_i, C_i); x: the true final map (B, H, W, C)."""
+        pooled = [F.layer_norm(h, (d,), eps=eps).mean(1) for h, d, eps in zip(states, self.dims, self.eps)]
+        pooled.append(F.layer_norm(x, (self.dims[-1],), eps=self.eps[-1]).mean((1, 2)))
+        pooled = torch.cat(pooled, dim=1)
+        if self.num_classes == 0:
+            return torch.addcmul(self.bias, pooled, self.weight)
+        return F.linear(pooled, self.weight, self.bias)
+
+
+class _FusedTrunk(nn.Module):
+    channels_first = False
+
+    def __init__(self, model: EfficientViM | EfficientViMFeatures, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_chans, self.total_stride = model.in_chans, model.total_stride
+        self.patch_embed = FusedStem(model.patch_embed, dtype)
+        self.stages = nn.ModuleList(FusedStage(stage, dtype) for stage in model.stages)
+        for name in ("model_name", "pretrained_cfg", "feature_info", "num_classes", "num_features", "embed_dim"):
+            if hasattr(model, name):
+                setattr(self, name, copy.deepcopy(getattr(model, name)))
+
+    def train(self, mode: bool = True) -> _FusedTrunk:
+        if mode:
+            raise RuntimeError("a fused EfficientViM is inference-only: train the original model and fuse again")
+        return super().train(False)
+
+
+class FusedEfficientViM(_FusedTrunk):
+    """Inference-only EfficientViM classifier built by :func:`fuse`; takes NCHW images, returns logits."""
+
+    def __init__(self, model: EfficientViM, dtype: torch.dtype) -> None:
+        super().__init__(model, dtype)
+        self.head = FusedMSFHead(model, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_chans, self.total_stride)
+        x = self.patch_embed(x)[-1]
+        states = []
+        for stage in self.stages:
+            x, h = stage(x)
+            states.append(h * stage.blocks[-1].state_scale)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        if self.channels_first:
+            x = x.permute(0, 2, 3, 1)
+        return self.head(states, x * self.stages[-1].out_scale)
+
+
+class FusedEfficientViMFeatures(_FusedTrunk):
+    """Inference-only feature extractor built by :func:`fuse`: the same NCHW maps as EfficientViMFeatures.
+
+    The maps are channels-last NCHW views of the token-major tensors (no copy).
+    """
+
+    def __init__(self, model: EfficientViMFeatures, dtype: torch.dtype) -> None:
+        super().__init__(model, dtype)
+        self.out_indices = model.out_indices
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        _check_input(x, self.in_chans, self.total_stride)
+        s4, s8, x = self.patch_embed(x)
+        maps = [s4, s8]
+        for stage in self.stages:
+            x, _ = stage(x)
+            maps.append(x * (stage.out_scale.view(-1, 1, 1) if self.channels_first else stage.out_scale))
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        if self.channels_first:
+            return [maps[i] for i in self.out_indices]
+        return [maps[i].permute(0, 3, 1, 2) for i in self.out_indices]
+
+
+LAYOUTS = ("channels_last", "channels_first")
+
+
+@torch.no_grad()
+def fuse(
+    model: EfficientViM | EfficientViMFeatures, layout: str = "channels_last"
+) -> FusedEfficientViM | FusedEfficientViMFeatures:
+    """An inference-only copy of ``model`` with all folding applied; ``model`` itself is not changed.
+
+    The copy has the same device and dtype, is in eval mode and cannot be put back into training.
+    A distilled classifier's copy returns the eval-mode output (the mean of both heads).
+    ``layout`` is how maps are held inside: ``channels_last`` (B, H, W, C) suits PyTorch eager and
+    torch.compile; ``channels_first`` (NCHW, 1x1 projections as convolutions) suits ONNX Runtime,
+    whose CPU convolutions reorder NCHW themselves and would otherwise pay a transpose per conv.
+    Inputs and outputs are NCHW either way.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    param = next(model.parameters())
+    if isinstance(model, EfficientViM):
+        fused = FusedEfficientViM(model, param.dtype)
+    elif isinstance(model, EfficientViMFeatures):
+        fused = FusedEfficientViMFeatures(model, param.dtype)
+    else:
+        raise TypeError(f"fuse() takes an EfficientViM or EfficientViMFeatures model, not {type(model).__name__}")
+    for m in fused.modules():
+        if hasattr(m, "channels_first"):
+            m.channels_first = layout == "channels_first"
+    return fused.to(param.device).eval()

@@ -1,0 +1,215 @@
+"""Export to ONNX and TorchScript, each checked against PyTorch, and an ONNX Runtime predictor.
+
+Both exports trace the fused inference graph (:func:`efficientvim.fuse`) with dynamic batch,
+height and width, then run the written file on a square and a non-square batch and compare it
+with the original model before reporting success. Preprocessing (input size, mean, std, crop,
+interpolation) and class names travel inside the file, so :class:`OnnxPredictor` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .deploy import FusedEfficientViM, FusedEfficientViMFeatures, fuse
+from .errors import EfficientViMError
+
+EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
+MIN_OPSET = 17
+EXPORT_LAYOUT = "channels_first"  # ONNX has no strided views: NCHW avoids a transpose around every conv
+METADATA_KEYS = ("model_name", "input_size", "mean", "std", "crop_pct", "interpolation", "label_names")
+
+
+class ExportError(EfficientViMError):
+    """An export that could not be written or does not reproduce the PyTorch model."""
+
+
+def _metadata(model: nn.Module) -> dict[str, str]:
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg["model_name"] = getattr(model, "model_name", type(model).__name__)
+    return {k: json.dumps(cfg.get(k)) for k in METADATA_KEYS}
+
+
+def _check_sizes(model: nn.Module, img_size: int | None) -> list[tuple[int, int, int]]:
+    """(batch, height, width) of the verification inputs: square at the model size, and non-square."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = img_size or cfg.get("input_size", (3, 224, 224))[-1]
+    stride = model.total_stride
+    size = max(stride, size // stride * stride)
+    return [(1, size, size), (2, size, size + stride)]
+
+
+def _outputs(y: torch.Tensor | list | tuple) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
+
+
+def _verify(reference: nn.Module, run, sizes: list[tuple[int, int, int]], what: str) -> float:
+    """Largest relative error of ``run`` (numpy batch -> list of arrays) against ``reference``."""
+    worst = 0.0
+    g = torch.Generator().manual_seed(0)
+    for batch, height, width in sizes:
+        x = torch.randn(batch, reference.in_chans, height, width, generator=g)
+        with torch.no_grad():
+            expected = _outputs(reference(x))
+        got = run(x)
+        if len(got) != len(expected):
+            raise ExportError(f"{what} returned {len(got)} outputs, PyTorch {len(expected)}")
+        for e, o in zip(expected, got):
+            if o.shape != e.shape:
+                raise ExportError(f"{what} gave shape {o.shape} for input {tuple(x.shape)}, PyTorch {e.shape}")
+            worst = max(worst, float(np.abs(o - e).max() / max(np.abs(e).max(), 1e-12)))
+    if worst > EXPORT_TOLERANCE:
+        raise ExportError(
+            f"{what} differs from PyTorch by {worst:.2e} relative (tolerance {EXPORT_TOLERANCE:.0e}); "
+            "the file was written but should not be used"
+        )
+    return worst
+
+
+def _prepare(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(reference, graph to trace): a fused model is its own reference."""
+    if isinstance(model, (FusedEfficientViM, FusedEfficientViMFeatures)):
+        return model, model
+    reference = copy.deepcopy(model).eval() if model.training else model  # leave the caller's mode alone
+    return reference, fuse(model, layout=EXPORT_LAYOUT)
+
+
+def _output_names(graph: nn.Module) -> list[str]:
+    if isinstance(graph, FusedEfficientViMFeatures):
+        return [f"level{i}" for i in graph.out_indices]
+    return ["logits"]
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, opset: int = MIN_OPSET, img_size: int | None = None
+) -> float:
+    """Write ``model`` (fused first) as ONNX with dynamic batch, height and width; return the verified error.
+
+    The file is checked with ONNX Runtime against the PyTorch model on a square and a non-square
+    batch; :class:`ExportError` if it is off by more than ``EXPORT_TOLERANCE``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
+    reference, graph = _prepare(model)
+    sizes = _check_sizes(reference, img_size)
+    names = _output_names(graph)
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({n: {0: "batch"} if n == "logits" else {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names})
+    sample = torch.zeros(*sizes[0][:1], reference.in_chans, *sizes[0][1:])
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is the legacy path
+        torch.onnx.export(
+            graph, (sample,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
+            output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
+        )
+    proto = onnx.load(str(path))
+    for key, value in _metadata(reference).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _verify(reference, lambda x: session.run(None, {"images": x.numpy()}), sizes, f"ONNX export {path}")
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | None = None) -> float:
+    """Write ``model`` (fused first) as a traced TorchScript module; return the verified error.
+
+    The saved file is loaded back and compared with the PyTorch model on a square and a
+    non-square batch. Metadata is stored as the extra file ``metadata.json``.
+    """
+    reference, graph = _prepare(model)
+    sizes = _check_sizes(reference, img_size)
+    sample = torch.zeros(*sizes[0][:1], reference.in_chans, *sizes[0][1:])
+    path = Path(path)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic, checked below instead
+        traced = torch.jit.trace(graph, sample, check_trace=False)
+        meta = {k: json.loads(v) for k, v in _metadata(reference).items()}
+        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+        loaded = torch.jit.load(str(path))
+    return _verify(reference, lambda x: _outputs(loaded(x)), sizes, f"TorchScript export {path}")
+
+
+class OnnxPredictor:
+    """Classify images with an exported EfficientViM in ONNX Runtime; no PyTorch needed.
+
+    Preprocessing follows the metadata stored at export: resize the shorter side to
+    size / crop_pct, centre-crop to size, scale to [0, 1], normalise with mean and std.
+
+    Args:
+        path: an ONNX file written by :func:`export_onnx` (a classifier).
+        threads: intra-op threads for ONNX Runtime; default: its own choice.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX file {path} not found")
+        meta = {p.key: json.loads(p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if meta.get("input_size") is None:
+            raise ExportError(f"{path} carries no EfficientViM preprocessing metadata: export it with export_onnx")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if [o.name for o in self.session.get_outputs()] != ["logits"]:
+            raise ExportError(f"{path} is a feature extractor, not a classifier: run its session directly")
+        self.model_name = meta["model_name"]
+        self.input_size = tuple(meta["input_size"])
+        self.mean = np.asarray(meta["mean"], dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(meta["std"], dtype=np.float32).reshape(-1, 1, 1)
+        self.crop_pct = meta["crop_pct"] or 1.0
+        self.interpolation = meta["interpolation"] or "bicubic"
+        self.label_names = meta.get("label_names")
+
+    def preprocess(self, image) -> np.ndarray:
+        """One PIL image or HWC uint8 array -> a normalised (C, H, W) float32 array."""
+        from PIL import Image
+
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise ValueError(f"expected an HxW or HxWxC uint8 array, got {image.dtype} of shape {image.shape}")
+            image = Image.fromarray(image)
+        channels, size = self.input_size[0], self.input_size[1:]
+        image = image.convert("RGB" if channels == 3 else "L")
+        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(self.interpolation, Image.BICUBIC)
+        # shorter side to size / crop_pct, then a centred crop: the arithmetic of torchvision's Resize/CenterCrop
+        short = int(size[0] / self.crop_pct)
+        if image.width <= image.height:
+            new = (short, int(short * image.height / image.width))
+        else:
+            new = (int(short * image.width / image.height), short)
+        image = image.resize(new, resample)
+        top, left = int(round((image.height - size[0]) / 2.0)), int(round((image.width - size[1]) / 2.0))
+        image = image.crop((left, top, left + size[1], top + size[0]))
+        x = np.asarray(image, dtype=np.float32).reshape(size[0], size[1], channels).transpose(2, 0, 1) / 255.0
+        return (x - self.mean) / self.std
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw logits of a preprocessed (B, C, H, W) float32 batch."""
+        return self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def predict(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` (label, probability) pairs of each image (PIL images or uint8 arrays)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        logits = self.logits(np.stack([self.preprocess(im) for im in images]))
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        order = np.argsort(-probs, axis=1)[:, :top_k]
+        names = self.label_names or [str(i) for i in range(probs.shape[1])]
+        return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

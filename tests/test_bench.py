@@ -1,0 +1,87 @@
+"""``efficientvim bench`` plumbing: names, errors, result files and plots (nothing here is timed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from efficientvim.bench import (
+    Result,
+    build_model,
+    model_family,
+    native_resolution,
+    plot_resolution_scaling,
+    plot_speed_accuracy,
+    write_results,
+)
+from efficientvim.cli import main
+from efficientvim.deploy import FusedEfficientViM
+
+
+def _result(model: str, resolution: int, ms_per_image: float, batch: int = 32) -> Result:
+    return Result(model, "eager", "cpu", "fp32", 2, batch, resolution, ms_per_image * batch, 1e3 / ms_per_image,
+                  ms_per_image, 12.5, 3, None, [ms_per_image * batch] * 3)  # fmt: skip
+
+
+def test_benchmark_names_map_to_families_and_training_resolutions():
+    assert model_family("timm:shvit_s2") == "shvit_s2"
+    assert model_family("efficientvim_m4+fuse") == "efficientvim_m4"
+    assert native_resolution("efficientvim_m4+fuse") == 256
+    assert native_resolution("timm:efficientvim_m4") == 256
+    assert native_resolution("efficientvim_m2") == 224
+
+
+def test_fused_benchmark_names_build_the_fused_graph_for_each_runtime():
+    eager = build_model("efficientvim_m1+fuse")
+    onnx = build_model("efficientvim_m1+fuse", runtime="onnxruntime")
+    assert isinstance(eager, FusedEfficientViM) and not eager.channels_first
+    assert onnx.channels_first
+
+
+def test_results_are_written_as_csv_and_json_with_the_run_metadata(tmp_path):
+    results = [_result("efficientvim_m1+fuse", 224, 10.0), _result("timm:shvit_s1", 224, 12.0)]
+    paths = write_results(results, tmp_path / "out", {"machine": "test cpu", "threads": 2})
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["efficientvim_m1+fuse", "timm:shvit_s1"]
+    assert float(rows[0]["images_per_s"]) == pytest.approx(100.0)
+    data = json.loads(paths["json"].read_text())
+    assert data["meta"]["machine"] == "test cpu"
+    assert data["results"][1]["times_ms"] == [384.0] * 3
+
+
+def test_plots_are_written_as_png(tmp_path):
+    results = [
+        _result(m, res, t * (res / 224) ** 2)
+        for m, t in (("efficientvim_m2+fuse", 10.0), ("efficientvim_m4+fuse", 20.0), ("timm:shvit_s2", 11.0))
+        for res in (224, 512)
+    ]
+    for plot, name in ((plot_speed_accuracy, "acc.png"), (plot_resolution_scaling, "scaling.png")):
+        path = plot(results, tmp_path / name, "test")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resolution_plot_needs_more_than_one_resolution(tmp_path):
+    assert plot_resolution_scaling([_result("efficientvim_m1+fuse", 224, 10.0)], tmp_path / "x.png", "t") is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--models", "efficientvim_m9+fuse"], "unknown benchmark model 'efficientvim_m9+fuse'"),
+        (["bench", "--models", "timm:no_such_net"], "unknown benchmark model 'timm:no_such_net'"),
+        (["bench", "--models", "efficientvim_m1", "--runtimes", "tensorrt"], "unknown runtime 'tensorrt'"),
+        pytest.param(["bench", "--models", "efficientvim_m1", "--device", "cuda:0"], "no GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+        (["bench", "--models", "efficientvim_m1", "--repeats", "0"], "must be positive"),
+    ],
+)
+def test_bench_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path, capsys, argv, message):
+    code = main([*argv, "-o", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("efficientvim bench: error: ") and message in err
+    assert err.count("\n") == 1

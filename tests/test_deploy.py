@@ -1,0 +1,156 @@
+"""fuse(): the folded, token-major inference graph computes what the trained model computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import efficientvim
+from conftest import randomize_
+from efficientvim.deploy import SMALL_GEMM_TOKENS, fuse
+
+ALL_VARIANTS = efficientvim.list_models()
+
+
+def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return ((reference - other).abs().max() / reference.abs().max()).item()
+
+
+def _random_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    return randomize_(efficientvim.create_model(name, **kwargs), seed).eval()
+
+
+@pytest.fixture(scope="module")
+def m1_pair() -> tuple[nn.Module, nn.Module]:
+    model = _random_model("efficientvim_m1", num_classes=7)
+    return model, fuse(model)
+
+
+@pytest.mark.parametrize("name", ALL_VARIANTS)
+def test_fused_classifier_matches_original_on_square_and_non_square_inputs(name):
+    model = _random_model(name, num_classes=10)
+    fused = fuse(model)
+    torch.manual_seed(0)
+    for size in ((64, 64), (64, 96)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected, got = model(x), fused(x)
+        assert got.shape == expected.shape == (2, 10)
+        assert _relative_error(expected, got) < 1e-4, size
+
+
+@pytest.mark.parametrize("name", ["efficientvim_m2", "efficientvim_m4_dist"])
+def test_channels_first_layout_computes_the_same_logits(name):
+    model = _random_model(name, num_classes=10)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        expected, got = model(x), fuse(model, layout="channels_first")(x)
+    assert _relative_error(expected, got) < 1e-4
+
+
+def test_fused_distilled_model_returns_the_mean_of_both_heads():
+    model = _random_model("efficientvim_m1_dist", num_classes=5)
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        model.train()
+        for m in model.modules():  # training mode for the heads only: BN keeps its running stats
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        z, z_dist = model(x)
+        model.eval()
+        got = fuse(model)(x)
+    assert _relative_error((z + z_dist) / 2, got) < 1e-4
+
+
+def test_fused_model_without_classes_returns_the_pooled_features():
+    model = _random_model("efficientvim_m1", num_classes=0)
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        expected, got = model(x), fuse(model)(x)
+    assert got.shape == (2, model.num_features)
+    assert _relative_error(expected, got) < 1e-4
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_fused_feature_extractor_matches_every_level(layout):
+    model = _random_model("efficientvim_m1", features_only=True, out_indices=(0, 1, 2, 3, 4))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = model(x), fuse(model, layout=layout)(x)
+    assert len(got) == 5
+    for level, (e, g) in enumerate(zip(expected, got)):
+        assert g.shape == e.shape, level
+        assert _relative_error(e, g) < 1e-4, level
+
+
+def test_fused_feature_extractor_keeps_its_out_indices():
+    model = _random_model("efficientvim_m4", features_only=True, out_indices=(1, 3))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = model(x), fuse(model)(x)
+    assert [g.shape for g in got] == [e.shape for e in expected] == [(1, 112, 8, 8), (1, 320, 2, 2)]
+    assert max(_relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
+
+
+def test_fuse_leaves_the_input_model_untouched(m1_pair):
+    model = m1_pair[0].train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fuse(model)
+    assert model.training
+    model.eval()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fused_model_has_no_normalisation_layers_and_no_trainable_parameters(m1_pair):
+    fused = m1_pair[1]
+    kinds = {type(m) for m in fused.modules()}
+    assert not any(issubclass(k, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) for k in kinds)
+    assert not any(p.requires_grad for p in fused.parameters())
+    assert len(list(fused.parameters())) > 0
+
+
+def test_fused_model_is_inference_only(m1_pair):
+    fused = m1_pair[1]
+    assert not fused.training
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused.train()
+
+
+def test_fused_model_keeps_name_and_preprocessing_metadata(m1_pair):
+    model, fused = m1_pair
+    assert fused.model_name == "efficientvim_m1"
+    assert fused.pretrained_cfg == model.pretrained_cfg
+    assert fused.pretrained_cfg is not model.pretrained_cfg
+
+
+def test_fused_model_stays_exact_with_nearly_open_and_closed_gates():
+    # gates s near 0 or 1 stress the rescaled stream x / (1 - s); float32 itself loses digits in
+    # 1 - s there, so the reference is the original model in float64
+    model = _random_model("efficientvim_m1", num_classes=4, embed_dim=(32, 48, 64), state_dim=(8, 6, 4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.copy_(torch.where(torch.rand(p.shape) < 0.5, -9.0, 9.0))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = fuse(model)(x)
+        expected = model.double()(x.double())
+    assert _relative_error(expected, got.double()) < 1e-4
+
+
+def test_fuse_rejects_other_modules():
+    with pytest.raises(TypeError, match="EfficientViM"):
+        fuse(nn.Linear(2, 2))
+
+
+def test_fused_model_matches_when_projections_run_as_convolutions():
+    # from SMALL_GEMM_TOKENS tokens on, 1x1 projections switch from F.linear to oneDNN convolutions
+    model = _random_model("efficientvim_m1", num_classes=4, embed_dim=(32, 48, 64), state_dim=(8, 6, 4))
+    x = torch.randn(4, 3, 256, 256)
+    assert SMALL_GEMM_TOKENS <= 4 * (256 // 16) ** 2
+    with torch.no_grad():
+        expected, got = model(x), fuse(model)(x)
+    assert _relative_error(expected, got) < 1e-4

@@ -1,0 +1,141 @@
+"""ONNX / TorchScript export: the written files compute what the PyTorch model computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import efficientvim
+from conftest import randomize_
+from efficientvim import export
+from efficientvim.cli import main
+from efficientvim.export import ExportError, OnnxPredictor, export_onnx, export_torchscript
+
+TINY = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4))
+
+
+def _tiny(seed: int = 0, **kwargs) -> torch.nn.Module:
+    kwargs = {"num_classes": 4, "img_size": 64, **TINY, **kwargs}
+    return randomize_(efficientvim.create_model("efficientvim_m1", **kwargs), seed).eval()
+
+
+def _relative_error(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(np.abs(reference - other).max() / np.abs(reference).max())
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    model = _tiny(num_classes=3)
+    model.pretrained_cfg["label_names"] = ["cat", "dog", "fox"]
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    error = export_onnx(model, path)
+    return model, path, error
+
+
+def test_onnx_export_matches_pytorch_on_a_non_square_batch_of_two(onnx_file):
+    import onnxruntime as ort
+
+    model, path, error = onnx_file
+    assert 0 <= error <= 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 128, 192, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {"images": x.numpy()})[0]
+    assert got.shape == (2, 3)
+    assert _relative_error(expected, got) < 1e-4
+
+
+def test_onnx_export_has_dynamic_batch_height_width_and_a_recent_opset(onnx_file):
+    import onnx
+
+    proto = onnx.load(str(onnx_file[1]))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+
+
+def test_feature_extractor_exports_every_level_to_onnx(tmp_path):
+    import onnxruntime as ort
+
+    model = randomize_(efficientvim.create_model("efficientvim_m1", features_only=True, out_indices=(1, 4), **TINY))
+    model.eval()
+    export_onnx(model, tmp_path / "features.onnx", img_size=64)
+    session = ort.InferenceSession(str(tmp_path / "features.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(x)]
+    got = session.run(None, {"images": x.numpy()})
+    assert [g.shape for g in got] == [e.shape for e in expected] == [(2, 16, 8, 16), (2, 64, 1, 2)]
+    assert max(_relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_export_matches_pytorch_on_a_non_square_batch_and_keeps_the_models_mode(tmp_path):
+    model = _tiny(seed=2).train()
+    path = tmp_path / "tiny.pt"
+    assert export_torchscript(model, path) <= 1e-4
+    assert model.training
+    model.eval()
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 3, 192, 128)
+    with torch.no_grad():
+        assert _relative_error(model(x).numpy(), loaded(x).numpy()) < 1e-4
+
+
+def test_export_refuses_to_report_success_when_the_check_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "EXPORT_TOLERANCE", 0.0)  # any rounding difference now counts as a mismatch
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_torchscript(_tiny(), tmp_path / "tiny.pt")
+
+
+def test_onnx_predictor_preprocesses_like_timm_eval_transforms(onnx_file):
+    import timm.data
+
+    model, path, _ = onnx_file
+    predictor = OnnxPredictor(path)
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    expected = transform(image).numpy()
+    got = predictor.preprocess(np.asarray(image))
+    assert got.shape == expected.shape == (3, 64, 64)
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_onnx_predictor_returns_the_models_top_classes_with_probabilities(onnx_file):
+    model, path, _ = onnx_file
+    predictor = OnnxPredictor(path, threads=1)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 80, 3), dtype=np.uint8))
+    [top] = predictor.predict(image, top_k=2)
+    with torch.no_grad():
+        probs = model(torch.from_numpy(predictor.preprocess(image))[None]).softmax(-1)[0].numpy()
+    order = np.argsort(-probs)[:2]
+    assert [name for name, _ in top] == [["cat", "dog", "fox"][i] for i in order]
+    assert np.allclose([p for _, p in top], probs[order], atol=1e-5)
+
+
+def test_export_cli_writes_a_verified_onnx_file(tmp_path, capsys):
+    out = tmp_path / "m1.onnx"
+    assert main(["export", "efficientvim_m1", "--format", "onnx", "-o", str(out), "--img-size", "64"]) == 0
+    assert out.is_file()
+    assert "max relative error vs PyTorch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "efficientvim_m9", "--format", "onnx", "-o", "{tmp}/x.onnx"], "unknown model 'efficientvim_m9'"),
+        (["export", "efficientvim_m1", "--format", "onnx", "-o", "{tmp}/no/x.onnx"], "does not exist"),
+        (["export", "efficientvim_m1", "--format", "onnx", "--opset", "13", "-o", "{tmp}/x.onnx"], "opset 13"),
+        (["export", "efficientvim_m1", "--checkpoint", "{tmp}/none.pth", "--format", "onnx", "-o", "{tmp}/x.onnx"],
+         "not found"),
+    ],
+)
+def test_export_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path, capsys, argv, message):
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("efficientvim export: error: ") and message in err
+    assert err.count("\n") == 1
