@@ -85,3 +85,16 @@ def test_bench_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path, 
     assert code == 2
     assert err.startswith("efficientvim bench: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_bench_dense_writes_backbone_and_fpn_latency_per_model_and_size(tmp_path, capsys):
+    argv = ["bench", "--task", "dense", "--models", "efficientvim_m1", "--resolutions", "64,96", "--batch-size", "1",
+            "--repeats", "1", "--warmup", "0", "--threads", "1", "-o", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "dense_results.json").read_text())["results"]
+    assert [(r["model"], r["input"], r["neck"]) for r in rows] == [
+        ("efficientvim_m1", "1x3x64x64", "FPN 256"),
+        ("efficientvim_m1", "1x3x96x96", "FPN 256"),
+    ]
+    assert all(r["ms_per_image"] > 0 and r["threads"] == 1 for r in rows)
+    assert "efficientvim_m1    1x3x96x96" in capsys.readouterr().out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import platform
 from pathlib import Path
 
@@ -42,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Throughput (batch N) and latency (batch 1): warm-up, then the median of interleaved "
         "timed calls. Models: efficientvim_mX, efficientvim_mX+fuse, timm:NAME (pretrained=False, reparameterised).",
     )
-    p.add_argument("--task", choices=TASKS, default="classification", help="what the models are benchmarked for")
+    p.add_argument("--task", choices=(*TASKS, "dense"), default="classification",
+                   help="classification, or dense: backbone + FPN latency as in the paper's dense protocol "
+                   "(512x512, batch 32 unless --resolutions/--batch-size say otherwise)")
     p.add_argument("--models", type=_csv(str), default=list(DEFAULT_MODELS), help="comma-separated model names")
     p.add_argument("--runtimes", type=_csv(str), default=["eager"], help=f"comma-separated: {', '.join(RUNTIMES)}")
     p.add_argument("--resolutions", type=_csv(_resolution), default=["native"],
@@ -62,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.repeats < 1 or args.threads < 1 or args.warmup < 0:
         raise BenchmarkError("--batch-size, --repeats and --threads must be positive, --warmup not negative")
+    if args.task == "dense":
+        return run_dense(args)
     batches = [args.batch_size] + ([] if args.no_latency or args.batch_size == 1 else [1])
     results = run_benchmark(
         args.models, args.runtimes, args.resolutions, batches, args.threads, args.device, args.warmup,
@@ -87,4 +93,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.model:32s} {r.runtime:12s} {r.resolution:5d} {r.batch_size:5d} {r.median_ms:9.2f} "
               f"{r.images_per_s:8.1f} {ratio:>8s}")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_dense(args: argparse.Namespace) -> int:
+    """Backbone (+FPN) latency of our models on CPU, the paper's dense-prediction protocol."""
+    from ..dense.bench import dense_latency
+
+    if args.device != "cpu":
+        raise BenchmarkError("--task dense measures on the CPU only; pass --device cpu")
+    models = [m.removesuffix("+fuse") for m in args.models if not m.startswith("timm:")]
+    if not models or args.models == list(DEFAULT_MODELS):
+        models = [f"efficientvim_m{i}" for i in range(1, 5)]
+    sizes = [512 if r == "native" else r for r in args.resolutions]
+    rows = [
+        dense_latency(name, size, args.batch_size, threads=args.threads, warmup=args.warmup, iters=args.repeats)
+        for name in models
+        for size in sizes
+    ]
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(machine=machine_description("cpu"), threads=args.threads, torch=torch.__version__, task="dense")
+    (out / "dense_results.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2))
+    with open(out / "dense_results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{'model':18s} {'input':16s} {'neck':8s} {'ms/image':>9s} {'img/s':>7s}   ({rows[0]['runtime']}, "
+          f"{args.threads} threads, median of {args.repeats})")  # fmt: skip
+    for r in rows:
+        print(f"{r['model']:18s} {r['input']:16s} {r['neck']:8s} {r['ms_per_image']:9.1f} {r['img_per_s']:7.2f}")
+    print(f"wrote {out / 'dense_results.json'}, {out / 'dense_results.csv'}")
     return 0
