@@ -20,6 +20,8 @@ from .hsm_ssd import HSMSSD
 from .layers import FFN, ChannelLayerNorm, DepthwiseConvNorm, PatchMerging, Stem
 
 STEM_STRIDE = 16
+# logits, or (z, z_dist) from a distilled model in training mode
+Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class EfficientViMBlock(nn.Module):
@@ -228,7 +230,7 @@ class EfficientViM(_Trunk):
             states.append(h)
         return [*states, x]
 
-    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False):
+    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> Logits:
         """MSF head on ``forward_features`` output: logits, or the pooled features (B, num_features)."""
         pooled = [self.head_drop(norm(f).flatten(2).mean(-1)) for norm, f in zip(self.norm, features)]
         if pre_logits or self.num_classes == 0:
@@ -249,7 +251,7 @@ class EfficientViM(_Trunk):
             z = z + w[i] * heads[i](pooled[i])
         return z
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> Logits:
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -260,7 +262,7 @@ class EfficientViM(_Trunk):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ):
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
         """timm-style: stage output maps (before downsampling) at ``indices``, plus the head inputs.
 
         ``indices`` as an int takes the last n stages; a sequence selects stages. The only map norm
