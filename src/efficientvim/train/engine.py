@@ -247,6 +247,7 @@ class Loop:
     accum_steps: int = 1
     clip_grad: float | None = None
     amp_dtype: torch.dtype | None = None
+    metric_format: str = "{:.2f}%"  # how the epoch line prints evaluation metrics other than losses
     log: Callable[[str], None] = print
 
 
@@ -389,7 +390,7 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
             }
             metrics_log.log(record)
             save_last()
-            loop.log(_epoch_line(record, loop.epochs))
+            loop.log(_epoch_line(record, loop.epochs, loop.metric_format))
             if reduced[3] > 0:  # every process stops after the same epoch
                 name = signal.Signals(stop.signum or signal.SIGTERM).name
                 loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
@@ -432,11 +433,11 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 leave=False)
 
 
-def _epoch_line(record: dict, epochs: int) -> str:
+def _epoch_line(record: dict, epochs: int, metric_format: str = "{:.2f}%") -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}"]
     for key, value in record.items():
         if key in ("epoch", "train_loss", "lr", "img_per_s", "time_s"):
             continue
-        parts.append(f"{key} {value:.4f}" if key.endswith("loss") else f"{key} {value:.2f}%")
+        parts.append(f"{key} {value:.4f}" if key.endswith("loss") else f"{key} {metric_format.format(value)}")
     parts.append(f"{record['img_per_s']:.0f} img/s, {record['time_s']:.0f}s")
     return "  ".join(parts)
