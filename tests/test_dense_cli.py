@@ -129,6 +129,27 @@ def test_segmentation_train_eval(mask_root, tmp_path, capsys):
     assert code == 2 and "holds a segmentation model: pass --task segmentation" in err
 
 
+def test_backbone_from_classification_weights(mask_root, tmp_path, capsys):
+    """--checkpoint starts the trunk from a classifier's weights, at the widths the file records."""
+    from efficientvim import create_model, save_weights
+
+    torch.manual_seed(0)
+    classifier = create_model("efficientvim_m1", embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4),
+                              num_classes=4)
+    save_weights(classifier, tmp_path / "cls.safetensors")
+    out_dir = tmp_path / "seg"
+    code, out, _ = _run(capsys, "train", "--task", "segmentation", "--data", str(mask_root), "--img-size", "64",
+                        "--batch-size", "2", "--epochs", "1", "--lr", "0", "--output", str(out_dir),
+                        "--checkpoint", str(tmp_path / "cls.safetensors"))
+    assert code == 0 and "backbone initialised from" in out
+    saved = torch.load(out_dir / "last.pt", weights_only=True)
+    assert saved["metadata"]["recipe"]["overrides"]["embed_dim"] == [32, 48, 64]
+    # with lr 0 the trunk's weights are the classifier's
+    trunk = classifier.state_dict()
+    for key in ("stages.0.blocks.0.mixer.A", "patch_embed.conv.0.conv.weight"):
+        assert torch.equal(saved["model"]["backbone.body." + key], trunk[key])
+
+
 def test_embedded_canvases_default_run(tmp_path, capsys, monkeypatch):
     """No --data: the task's recipe on digit canvases (shrunk here), ending with the metric line."""
     from efficientvim.dense import recipe
