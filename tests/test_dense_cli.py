@@ -99,9 +99,14 @@ def test_detection_train_resume_eval(coco_root, tmp_path, capsys):
     assert f"resumed from {out_dir / 'last.pt'} at epoch 2/2" in out
     assert torch.load(out_dir / "last.pt", weights_only=True)["fit_state"]["epoch"] == 2
     assert len((out_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    best = torch.load(out_dir / "best.pt", weights_only=True)
+
+    # a finished run started again trains nothing and reports its best epoch
+    code, out, _ = _run(capsys, *[a if a != "1" else "2" for a in args])
+    assert code == 0 and "at the end (2 epochs done)" in out
+    assert _metric(out, "mAP@50") == pytest.approx(best["metrics"]["mAP@50"], abs=1e-4)
 
     # eval rebuilds the model from best.pt and scores the same val set as training did for that epoch
-    best = torch.load(out_dir / "best.pt", weights_only=True)
     code, out, _ = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(out_dir / "best.pt"),
                         "--data", str(coco_root), "--workers", "0")
     assert code == 0 and out.startswith("detection on 2 images: mAP@50 ")

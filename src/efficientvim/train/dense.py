@@ -246,9 +246,15 @@ def train_dense(cfg: DenseTrainConfig, log=print) -> DenseTrainResult:
     summary = (f"{head} in {minutes}m{secs:02d}s: best {SCORE[cfg.task]} {state.best_score:.4f} "
                f"(epoch {state.best_epoch}); weights in {output / BEST}")
     log(summary)
-    if result.last_metrics:
-        log(metric_line(cfg.task, result.last_metrics))
-    return DenseTrainResult(result, result.last_metrics, output, summary)
+    metrics = result.last_metrics
+    if not metrics and result.stopped_by is None and (output / BEST).is_file():
+        # a finished run started again: nothing trained, report its best epoch
+        from .engine import load_training_state
+
+        metrics = load_training_state(output / BEST)["metrics"]
+    if metrics:
+        log(metric_line(cfg.task, metrics))
+    return DenseTrainResult(result, metrics, output, summary)
 
 
 # ---------------------------------------------------------------- evaluation
