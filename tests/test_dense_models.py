@@ -186,14 +186,14 @@ def test_unknown_architectures_are_refused():
 
 
 def test_default_recipes_build_their_models_and_canvases():
-    from efficientvim.dense import build_loaders, build_model, default_recipe
+    from efficientvim.dense import build_canvases, build_model, default_recipe
 
     recipe = default_recipe("detection", overrides=TINY, train_canvases=32, val_canvases=16)
     model = build_model(recipe)
     assert type(model).__name__ == "FCOS"
     assert model.transform.min_size == (128,) and model.transform.max_size == 128
-    train, val = build_loaders(recipe)
-    assert len(train) == 2 and not set(train.dataset.digit_ids) & set(val.dataset.digit_ids)
+    train, val = build_canvases(recipe)
+    assert len(train) == 32 and len(val) == 16 and not set(train.digit_ids) & set(val.digit_ids)
     recipe = default_recipe("segmentation", overrides=TINY)
     segmenter = build_model(recipe)
     assert segmenter.num_classes == 11 and segmenter.backbone.strides == [4, 8, 16, 32, 64]

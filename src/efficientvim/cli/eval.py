@@ -1,18 +1,27 @@
-"""``efficientvim eval``: top-1, top-5 and loss of a checkpoint on a validation split."""
+"""``efficientvim eval``: top-1, top-5 and loss of a checkpoint on a validation split; with ``--task``,
+COCO mAP of a detector or mIoU of a segmenter written by ``efficientvim train --task``."""
 
 from __future__ import annotations
 
 import argparse
 
+from .train import DENSE_TASKS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val)")
-    p.add_argument("--checkpoint", required=True, help="the authors' .pth, a timm state dict, or our weights/last.pt")
+    p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); "
+                       "mAP or mIoU with --task")
+    p.add_argument("--checkpoint", required=True, help="the authors' .pth, a timm state dict, or our weights/last.pt; "
+                   "with --task detection|segmentation: the best.pt or last.pt its training wrote")
+    p.add_argument("--task", choices=("classification", *DENSE_TASKS), default="classification",
+                   help="what the checkpoint does (default classification)")
     p.add_argument("--model", help="model name, needed when the file does not name its architecture")
-    p.add_argument("--data", help="folder with val/<class>/... (or class folders directly); default: digits val")
+    p.add_argument("--data", help="folder with val/<class>/... (or class folders directly); default: digits val. "
+                   "Detection: val/ and annotations/instances_val.json; segmentation: val/images and val/masks")
+    p.add_argument("--val-ann", help="detection: the COCO instances JSON of the val images")
     p.add_argument("--dataset", default="", help="a timm create_dataset name read from --data")
     p.add_argument("--img-size", type=int, help="evaluation resolution (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="default 64 (dense tasks: 16)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--amp", action="store_true", help="bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
@@ -20,10 +29,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import EfficientViMError
+
+    if args.task != "classification":
+        wrong = [o for o, v in (("--model", args.model), ("--dataset", args.dataset), ("--img-size", args.img_size),
+                                ("--amp", args.amp), ("--strict-data", args.strict_data)) if v]
+        if wrong:
+            raise EfficientViMError(f"{', '.join(wrong)} applies to classification only, not --task {args.task}")
+        from ..train.dense import evaluate_dense_checkpoint, metric_line
+
+        m = evaluate_dense_checkpoint(args.checkpoint, args.task, args.data, args.val_ann, args.batch_size or 16,
+                                      args.workers)
+        print(f"{args.task} on {m['images']} images: {metric_line(args.task, m)}")
+        return 0
+    if args.val_ann:
+        raise EfficientViMError("--val-ann applies to --task detection only")
     from ..train import evaluate_checkpoint
 
-    m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size, args.batch_size,
-                            args.workers, args.amp, args.strict_data)
+    m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size,
+                            args.batch_size or 64, args.workers, args.amp, args.strict_data)
     print(f"{m['model']} at {m['img_size']}px on {m['images']} images: "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
     return 0

@@ -1,6 +1,8 @@
-"""``efficientvim train``: train or fine-tune a classifier; with no ``--data``, on the embedded digits.
+"""``efficientvim train``: train or fine-tune a classifier, detector or segmenter; with no ``--data``,
+on the embedded digits (``--task detection|segmentation``: digit canvases).
 
-Settings come from the recipe, then a YAML ``--config`` file, then these options. Running the
+Classification settings come from the recipe, then a YAML ``--config`` file, then these options;
+dense tasks start from their embedded recipe (``efficientvim.dense.DEFAULT_RECIPES``). Running the
 same command again in the same ``--output`` resumes from its ``last.pt``.
 """
 
@@ -10,25 +12,38 @@ import argparse
 
 from ..train.recipes import DEFAULT_RECIPE, ConfigError, TrainConfig, build_config, recipe_names
 
+DENSE_TASKS = ("detection", "segmentation")  # as efficientvim.dense.data.TASKS (not imported: keeps --help light)
 # command-line option -> TrainConfig field (the options a run is usually tuned with; YAML has every key)
 OPTIONS = {
-    "data": (str, "dataset root with train/ and val/ class folders (default: scikit-learn's digits)"),
+    "data": (str, "dataset root with train/ and val/ class folders (default: scikit-learn's digits); "
+             "detection: train/, val/ and annotations/instances_{train,val}.json; "
+             "segmentation: {train,val}/{images,masks}"),
     "dataset": (str, "a timm create_dataset name read from --data (torch/cifar10, hfds/NAME, ...)"),
     "model": (str, "model name, e.g. efficientvim_m2 (default efficientvim_m1)"),
     "checkpoint": (str, "initial weights to fine-tune: the authors' .pth, timm's or ours"),
     "epochs": (int, "cosine epochs (the recipe's cool-down epochs follow)"),
     "batch_size": (int, "images per process and step"),
     "accum_steps": (int, "micro-batches per optimiser step (gradient accumulation)"),
-    "img_size": (int, "training and evaluation resolution (at least 64)"),
+    "img_size": (int, "training and evaluation resolution (at least 64); detection with --data: shorter side "
+                 "(default 512); segmentation with --data: training crop (default 512)"),
     "lr": (float, "peak learning rate (default: the recipe's, scaled by total batch / base batch)"),
     "drop_path": (float, "stochastic depth rate"),
     "workers": (int, "data loading processes per training process"),
-    "output": (str, "run folder: checkpoints, metrics, curves (default runs/digits or runs/train)"),
+    "output": (str, "run folder: checkpoints, metrics, curves (default runs/digits or runs/train; "
+               "dense: runs/digits-TASK or runs/TASK)"),
     "seed": (int, "random seed"),
     "distillation": (str, "none, hard or soft (DeiT) knowledge distillation"),
     "teacher": (str, "timm teacher model name (default regnety_160)"),
     "teacher_checkpoint": (str, "local file with the teacher's weights"),
 }
+# options of detection and segmentation runs only
+DENSE_OPTIONS = {
+    "arch": (str, "detection: retinanet, fcos, fasterrcnn or maskrcnn (default fcos); segmentation: semantic_fpn"),
+    "train_ann": (str, "detection: COCO instances JSON of the training images (default DATA/annotations/...)"),
+    "val_ann": (str, "detection: COCO instances JSON of the val images (default DATA/annotations/...)"),
+}
+# what dense runs take from OPTIONS (the rest is classification's)
+DENSE_SHARED = ("data", "model", "checkpoint", "epochs", "batch_size", "img_size", "lr", "workers", "output", "seed")
 FLAGS = {
     "amp": "mixed precision: bfloat16 on CPU, float16 on CUDA",
     "strict_data": "stop at the first unreadable image instead of skipping it",
@@ -38,14 +53,19 @@ FLAGS = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train or fine-tune a classifier (default: digits, under 5 minutes on CPU)",
-        description="Train or fine-tune an EfficientViM classifier; with no --data, on scikit-learn's digits. "
-        "Settings come from the recipe, then the YAML --config file, then these options. Running the same "
-        "command again with the same --output resumes from its last.pt.",
+        help="train a classifier, detector or segmenter (default: digits, minutes on CPU)",
+        description="Train or fine-tune an EfficientViM classifier (or, with --task, a detector or segmenter); "
+        "with no --data, on scikit-learn's digits. Classification settings come from the recipe, then the YAML "
+        "--config file, then these options; detection and segmentation start from their embedded recipe. "
+        "Running the same command again with the same --output resumes from its last.pt.",
     )
+    p.add_argument("--task", choices=("classification", *DENSE_TASKS), default="classification",
+                   help="what to train (default classification)")
     p.add_argument("--recipe", choices=recipe_names(), help=f"hyper-parameter set (default {DEFAULT_RECIPE})")
     p.add_argument("--config", metavar="YAML", help="YAML file of TrainConfig keys; options given here win")
     for field, (kind, text) in OPTIONS.items():
+        p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, help=text)
+    for field, (kind, text) in DENSE_OPTIONS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, help=text)
     for field, text in FLAGS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, action="store_true", default=None, help=text)
@@ -77,7 +97,30 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     return build_config(args.recipe, args.config, overrides)
 
 
+def _given(args: argparse.Namespace, fields) -> list[str]:
+    return ["--" + f.replace("_", "-") for f in fields if getattr(args, f) not in (None, False)]
+
+
+def resolve_dense(args: argparse.Namespace):
+    from ..train.dense import DenseTrainConfig
+
+    classification_only = [f for f in (*OPTIONS, *FLAGS, "recipe", "config") if f not in DENSE_SHARED]
+    wrong = _given(args, classification_only) + (["--print-config"] if args.print_config else [])
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} applies to classification only, not --task {args.task}")
+    values = {f: getattr(args, f) for f in (*DENSE_SHARED, *DENSE_OPTIONS) if getattr(args, f) is not None}
+    return DenseTrainConfig(task=args.task, model_args=parse_model_args(args.model_args) or {}, **values)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.task != "classification":
+        from ..train.dense import train_dense
+
+        result = train_dense(resolve_dense(args))
+        return 128 + result.fit.stopped_by if result.fit.stopped_by is not None else 0
+    wrong = _given(args, DENSE_OPTIONS)
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} applies to --task detection|segmentation only")
     cfg = resolve(args)
     if args.print_config:
         import yaml

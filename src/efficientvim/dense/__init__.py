@@ -8,14 +8,14 @@ segmenter = create_segmenter("semantic_fpn", "efficientvim_m4", num_classes=150)
 from .backbone import EfficientViMFPN, build_backbone
 from .data import CocoDetection, DigitCanvases, SegmentationFolder
 from .detection import create_detector
-from .engine import collate_detection, collate_segmentation, evaluate, fit_dense, train_step
-from .recipe import DEFAULT_RECIPES, DenseRecipe, build_loaders, build_model, default_recipe
+from .engine import collate_detection, collate_segmentation, evaluate, train_step
+from .recipe import DEFAULT_RECIPES, DenseRecipe, build_canvases, build_model, default_recipe
 from .segmentation import SemanticFPN, create_segmenter
 
 __all__ = [
     "DEFAULT_RECIPES",
     "DenseRecipe",
-    "build_loaders",
+    "build_canvases",
     "build_model",
     "default_recipe",
     "CocoDetection",
@@ -29,6 +29,5 @@ __all__ = [
     "create_detector",
     "create_segmenter",
     "evaluate",
-    "fit_dense",
     "train_step",
 ]

@@ -2,15 +2,13 @@
 
 Both kinds of model follow torchvision's detection protocol: in training mode
 ``model(images, targets)`` returns a dict of losses; in eval mode ``model(images)`` returns
-predictions. ``train_step`` and ``evaluate`` are what a training loop calls; ``fit_dense`` is a
-minimal loop (AdamW, warm-up and cosine decay per step) used for the embedded recipes.
+predictions. ``train_step`` and ``evaluate`` are what a training loop calls
+(``efficientvim.train.dense`` runs them through the shared ``engine.fit``).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -131,50 +129,3 @@ def _num_object_classes(model: nn.Module) -> int:
     if hasattr(model, "roi_heads"):
         return model.roi_heads.box_predictor.cls_score.out_features - 1
     return model.head.classification_head.num_classes - 1
-
-
-def fit_dense(
-    model: nn.Module,
-    train_loader: Iterable,
-    epochs: int,
-    lr: float,
-    weight_decay: float = 0.05,
-    warmup_steps: int = 50,
-    clip_grad: float | None = 1.0,
-    val_loader: Iterable | None = None,
-    log: Callable[[str], None] = print,
-    log_every: int = 50,
-) -> dict[str, float]:
-    """Train with AdamW (no decay on norms, biases and the state skip weight D), linear warm-up
-    then cosine decay per step; evaluate on ``val_loader`` at the end. Returns the val metrics
-    plus ``train_minutes``."""
-    from timm.optim import create_optimizer_v2
-
-    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
-    total = epochs * len(train_loader)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(total - warmup_steps, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    start, step = time.perf_counter(), 0
-    model.train()
-    for epoch in range(epochs):
-        for images, targets in train_loader:
-            losses = train_step(model, images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            if clip_grad is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if step % log_every == 0 or step == total:
-                parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
-                log(f"epoch {epoch + 1}/{epochs} step {step}/{total} {parts} ({time.perf_counter() - start:.0f}s)")
-    metrics = {"train_minutes": (time.perf_counter() - start) / 60}
-    if val_loader is not None:
-        metrics.update(evaluate(model, val_loader))
-    return metrics

@@ -11,12 +11,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..errors import EfficientViMError
 from .data import TASKS, DigitCanvases
 from .detection import create_detector
-from .engine import collate_detection, collate_segmentation
 from .segmentation import create_segmenter
 
 
@@ -33,7 +31,7 @@ class DenseRecipe:
     canvas_size: tuple[int, int] = (128, 128)
     digits: tuple[int, int] = (2, 5)
     digit_size: tuple[int, int] = (20, 44)
-    train_canvases: int = 4800  # per epoch; fit_dense takes len / batch_size steps an epoch
+    train_canvases: int = 4800  # per epoch: len / batch_size steps an epoch
     val_canvases: int = 300
     epochs: int = 2
     batch_size: int = 16
@@ -69,9 +67,19 @@ def default_recipe(task: str, **changes) -> DenseRecipe:
     return replace(DEFAULT_RECIPES[task], **changes)
 
 
-def build_model(recipe: DenseRecipe, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+def build_model(
+    recipe: DenseRecipe,
+    checkpoint: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> nn.Module:
     """The recipe's detector or segmenter (initialised from ``recipe.seed``), the trunk optionally
-    started from classification weights of the same width."""
+    started from classification weights of the same width.
+
+    ``num_classes`` counts object classes for detectors and all classes (background included) for
+    segmenters; default: the digit canvases'. ``image_size`` (shorter, longer side) is what the
+    detector's transform resizes to; default: the canvas size.
+    """
     from ..registry import create_model
 
     torch.manual_seed(recipe.seed)
@@ -80,30 +88,24 @@ def build_model(recipe: DenseRecipe, checkpoint: str | os.PathLike | None = None
         recipe.backbone, checkpoint=checkpoint, features_only=True, out_indices=recipe.out_indices, **recipe.overrides
     )
     if recipe.task == "detection":
-        height, width = recipe.canvas_size
+        height, width = image_size or recipe.canvas_size
         return create_detector(
             recipe.arch,
             body,
-            DigitCanvases.num_classes,
+            num_classes or DigitCanvases.num_classes,
             fpn_channels=recipe.fpn_channels,
             min_size=min(height, width),
             max_size=max(height, width),
             **recipe.model_kwargs,
         )
-    return create_segmenter(
-        recipe.arch, body, DigitCanvases.num_classes + 1, fpn_channels=recipe.fpn_channels, **recipe.model_kwargs
-    )
+    classes = num_classes or DigitCanvases.num_classes + 1
+    return create_segmenter(recipe.arch, body, classes, fpn_channels=recipe.fpn_channels, **recipe.model_kwargs)
 
 
-def build_loaders(recipe: DenseRecipe, num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Train and val loaders over the recipe's digit canvases (val from unseen digit scans)."""
+def build_canvases(recipe: DenseRecipe, need_train: bool = True) -> tuple[DigitCanvases | None, DigitCanvases]:
+    """The recipe's train and val digit canvases (val from unseen digit scans; train None unless ``need_train``)."""
     common = dict(
         task=recipe.task, size=recipe.canvas_size, digits=recipe.digits, digit_size=recipe.digit_size, seed=recipe.seed
     )
-    train = DigitCanvases("train", length=recipe.train_canvases, **common)
-    val = DigitCanvases("val", length=recipe.val_canvases, **common)
-    collate = collate_detection if recipe.task == "detection" else collate_segmentation
-    return (
-        DataLoader(train, recipe.batch_size, shuffle=True, collate_fn=collate, num_workers=num_workers, drop_last=True),
-        DataLoader(val, recipe.batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers),
-    )
+    train = DigitCanvases("train", length=recipe.train_canvases, **common) if need_train else None
+    return train, DigitCanvases("val", length=recipe.val_canvases, **common)

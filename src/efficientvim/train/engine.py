@@ -124,8 +124,9 @@ def load_training_state(path: Path) -> dict:
 class MetricsLog:
     """One JSON line per epoch in metrics.jsonl, TensorBoard scalars and curves.png (rank 0 only)."""
 
-    def __init__(self, output: Path, enabled: bool, keep_epochs: int) -> None:
+    def __init__(self, output: Path, enabled: bool, keep_epochs: int, metrics_title: str = "accuracy (%)") -> None:
         self.path = output / METRICS
+        self.metrics_title = metrics_title
         self.output = output
         self.enabled = enabled
         self.records: list[dict] = []
@@ -152,15 +153,15 @@ class MetricsLog:
             if key != "epoch" and isinstance(value, int | float):
                 self.writer.add_scalar(key, value, record["epoch"])
         self.writer.flush()
-        plot_curves(self.records, self.output / "curves.png")
+        plot_curves(self.records, self.output / "curves.png", self.metrics_title)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def plot_curves(records: list[dict], path: Path) -> None:
-    """Losses on the left, every other evaluation metric (accuracies) on the right, against epochs."""
+def plot_curves(records: list[dict], path: Path, metrics_title: str = "accuracy (%)") -> None:
+    """Losses on the left, every other evaluation metric (accuracies, mAP, mIoU) on the right, against epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +174,7 @@ def plot_curves(records: list[dict], path: Path) -> None:
     for key in keys:
         ax = ax_loss if key.endswith("loss") else ax_acc
         ax.plot(epochs, [r.get(key, math.nan) for r in records], marker=".", label=key)
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy (%)")):
+    for ax, title in ((ax_loss, "loss"), (ax_acc, metrics_title)):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -247,6 +248,7 @@ class Loop:
     accum_steps: int = 1
     clip_grad: float | None = None
     amp_dtype: torch.dtype | None = None
+    metric_format: str = "{:.2f}%"  # how the epoch line prints evaluation metrics other than losses
     log: Callable[[str], None] = print
 
 
@@ -299,7 +301,8 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
             where = f"the end ({loop.epochs} epochs done)"
         loop.log(f"resumed from {last} at {where}")
     loop.scheduler.step_update(state.updates)
-    metrics_log = MetricsLog(output, d.is_main, keep_epochs=state.epoch)
+    title = "accuracy (%)" if loop.metric_format.endswith("%") else "metrics"
+    metrics_log = MetricsLog(output, d.is_main, keep_epochs=state.epoch, metrics_title=title)
 
     def save_last() -> None:
         if not d.is_main:
@@ -389,7 +392,7 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
             }
             metrics_log.log(record)
             save_last()
-            loop.log(_epoch_line(record, loop.epochs))
+            loop.log(_epoch_line(record, loop.epochs, loop.metric_format))
             if reduced[3] > 0:  # every process stops after the same epoch
                 name = signal.Signals(stop.signum or signal.SIGTERM).name
                 loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
@@ -432,11 +435,11 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 leave=False)
 
 
-def _epoch_line(record: dict, epochs: int) -> str:
+def _epoch_line(record: dict, epochs: int, metric_format: str = "{:.2f}%") -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"train loss {record['train_loss']:.4f}"]
     for key, value in record.items():
         if key in ("epoch", "train_loss", "lr", "img_per_s", "time_s"):
             continue
-        parts.append(f"{key} {value:.4f}" if key.endswith("loss") else f"{key} {value:.2f}%")
+        parts.append(f"{key} {value:.4f}" if key.endswith("loss") else f"{key} {metric_format.format(value)}")
     parts.append(f"{record['img_per_s']:.0f} img/s, {record['time_s']:.0f}s")
     return "  ".join(parts)
