@@ -26,7 +26,7 @@ OPTIONS = {
     "accum_steps": (int, "micro-batches per optimiser step (gradient accumulation)"),
     "img_size": (int, "training and evaluation resolution (at least 64); detection with --data: shorter side "
                  "(default 512); segmentation with --data: training crop (default 512)"),
-    "lr": (float, "peak learning rate (default: the recipe's, scaled by total batch / base batch)"),
+    "lr": (float, "peak learning rate (default: the recipe's; for classification scaled by total batch / base batch)"),
     "drop_path": (float, "stochastic depth rate"),
     "workers": (int, "data loading processes per training process"),
     "output": (str, "run folder: checkpoints, metrics, curves (default runs/digits or runs/train; "
