@@ -6,9 +6,11 @@ inference-only copy that computes the same function with fewer, larger operation
 * BatchNorm is folded into the convolution or projection before it.
 * A gated depthwise branch (1 - s) x + s DW(x) is one depthwise conv whose kernel is
   s K + (1 - s) delta (delta: the identity kernel), and a residual x + DW(x) is K + delta.
-* LayerNorm's affine (gamma, beta) is folded into the maps that read the normalised tokens
-  (the B/C/dt projection, the hidden-state projection and the MSF head), so only the
-  normalisation itself remains.
+* The MSF heads' LayerNorm affine (gamma, beta) is folded into the merged head, so only the
+  normalisation itself remains there. Inside a block the LayerNorm keeps its affine: it is free
+  within the norm, and folding it into the hidden-state projection would leave a rank-one
+  correction (two more operations per block). HSM-SSD's A is the bias of the B/C/dt depthwise
+  conv (on the dt channels only).
 * The gates of the HSM-SSD and FFN branches become free by carrying the residual stream in
   a rescaled form: the block output (1 - s) (x + s / (1 - s) f(x)) is kept as x + r f(x) with
   r = s / (1 - s) folded into the branch's last projection, and the per-channel factor
@@ -166,17 +168,15 @@ class FusedBlock(nn.Module):
         kernel = s[0].view(-1, 1, 1, 1) * weight + keep[0].view(-1, 1, 1, 1) * _identity_kernel(dim, 3)
         self.dwconv1 = TokenConv(kernel * in_scale.view(-1, 1, 1, 1), s[0] * bias, 1, dim, False, dtype)
 
-        # 2. HSM-SSD on LN(x) = gamma * n + beta: gamma scales the input columns of the maps reading n;
-        #    beta becomes a bias of W_BCdt (before the zero-padded DW conv, so it stays exact) and,
-        #    for h = (gamma * n + beta) P^T, the rank-one term (W_hz beta) (sum_L P)
-        gamma, beta = block.norm.weight.double(), block.norm.bias.double()
-        w_bcdt = mixer.BCdt_proj.conv.weight.double().squeeze(-1)
-        self.bcdt_proj = TokenConv(_as_1x1(w_bcdt * gamma), w_bcdt @ beta, 1, 1, False, dtype)
-        self.bcdt_dw = TokenConv(mixer.dw.conv.weight.double(), None, 1, 3 * state_dim, False, dtype)
-        self.state_bias = _frozen(mixer.A.double(), dtype)  # a
-        w_hz = mixer.hz_proj.conv.weight.double().squeeze(-1)
-        self.hz_weight = _frozen(w_hz * gamma, dtype)
-        self.hz_beta = _frozen(w_hz @ beta, dtype)
+        # 2. HSM-SSD on LN(x): the LayerNorm keeps its affine, which costs nothing inside the norm
+        #    and spares the rank-one correction h = (gamma * n + beta) P^T would need after the
+        #    hidden-state projection. The DW conv's bias adds A to the dt channels only (dt + A).
+        self.norm_weight = _frozen(block.norm.weight.double(), dtype)
+        self.norm_bias = _frozen(block.norm.bias.double(), dtype)
+        self.bcdt_proj = TokenConv(_as_1x1(mixer.BCdt_proj.conv.weight.double().flatten(1)), None, 1, 1, False, dtype)
+        dw_bias = torch.cat([torch.zeros(2 * state_dim, dtype=torch.float64), mixer.A.double()])
+        self.bcdt_dw = TokenConv(mixer.dw.conv.weight.double(), dw_bias, 1, 3 * state_dim, False, dtype)
+        self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
         self.skip = _frozen(mixer.D.double(), dtype)  # d
         # y enters the stream as r1 * y = (r1 * W_out g) C
         self.out_weight = _frozen(mixer.out_proj.conv.weight.double().squeeze(-1) * r[1].view(-1, 1), dtype)
@@ -210,14 +210,13 @@ class FusedBlock(nn.Module):
         batch, height, width, _ = x.shape
         dim = self.dim  # a constant, so exported graphs keep a static normalized_shape
         x = self.dwconv1(x)
-        n = F.layer_norm(x, (dim,), eps=self.eps)
+        n = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
-        b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N)
-        p = (dt + self.state_bias).softmax(dim=1) * b  # A * B, A a distribution over the L tokens
+        b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N); dt already + A
+        p = dt.softmax(dim=1).mul_(b)  # A * B, A a distribution over the L tokens
         tokens = x.reshape(batch, height * width, dim)
-        h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # n P^T, (B, N, C)
-        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(1).unsqueeze(-1), self.hz_beta)
-        h, z = hz.split(self.d_inner, dim=-1)
+        h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
+        h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
         h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h, (B, N, C)
         x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
         x = self.dwconv2(x)
@@ -235,13 +234,12 @@ class FusedBlock(nn.Module):
         x = self.dwconv1(x)
         # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so h = P n^T takes n in
         # that form and comes out (B, N, C): the weight maps on h are then one GEMM each
-        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), eps=self.eps)
+        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).reshape(batch, 3 * self.state_dim, -1)
-        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L)
-        p = (dt + self.state_bias.unsqueeze(-1)).softmax(dim=-1) * b
-        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (n P^T)^T, (B, N, C)
-        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(-1).unsqueeze(-1), self.hz_beta)
-        h, z = hz.split(self.d_inner, dim=-1)
+        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L); dt already + A
+        p = dt.softmax(dim=-1) * b
+        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
+        h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
         h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
         x = (x.reshape(batch, dim, -1) + torch.matmul(h.transpose(1, 2), c)).view(batch, dim, height, width)
         x = self.dwconv2(x)
