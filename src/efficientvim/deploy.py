@@ -71,6 +71,27 @@ def _accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     return getattr(x, op.__name__ + "_")(a, b)
 
 
+# MKL's GEMM on a weight packed once beforehand; absent from PyTorch builds without MKL.
+_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: dict) -> torch.Tensor:
+    """F.linear(x, weight, bias) for few tokens, on a weight MKL has packed for this token count.
+
+    With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
+    the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
+    caches one packed weight per token count (a batch-1 model sees the same few every call).
+    Other dtypes and devices, and traced graphs, take F.linear.
+    """
+    if not _MKL_PACKED or x.dtype != torch.float32 or x.device.type != "cpu" or torch.jit.is_tracing():
+        return F.linear(x, weight, bias)
+    rows = x.numel() // x.shape[-1]
+    weight_packed = packed.get(rows)
+    if weight_packed is None:
+        weight_packed = packed[rows] = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+    return torch.ops.mkl._mkl_linear(x, weight_packed, weight, bias, rows)
+
+
 def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
     return weight.view(*weight.shape[:2], 1, 1)
 
@@ -105,10 +126,11 @@ class TokenConv(nn.Module):
         self.groups = groups
         self.relu = relu
         self.pointwise = weight.shape[-1] == 1 and groups == 1
+        self.packed: dict[int, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
-            x = F.linear(x, self.weight.flatten(1), self.bias)
+            x = _packed_linear(x, self.weight.flatten(1), self.bias, self.packed)
             return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
@@ -201,6 +223,8 @@ class FusedBlock(nn.Module):
         self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype)
         self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
         self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
+        self.fc2_weight = _frozen(w2, dtype)  # (C, hidden), for the packed GEMM with few tokens
+        self.packed: tuple[dict, dict, dict] = ({}, {}, {})  # hz_proj, out_proj, fc2
 
     channels_first = False
 
@@ -216,13 +240,15 @@ class FusedBlock(nn.Module):
         p = dt.softmax(dim=1).mul_(b)  # A * B, A a distribution over the L tokens
         tokens = x.reshape(batch, height * width, dim)
         h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
-        h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
-        h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h, (B, N, C)
+        h, z = _packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
+        h = _packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h, (B, N, C)
         x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
         x = self.dwconv2(x)
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias
+        if x.numel() < SMALL_GEMM_TOKENS * dim and not torch.jit.is_tracing():
+            return x.add_(_packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
         x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
         return x.view(batch, height, width, dim), h
 
@@ -322,6 +348,7 @@ class FusedMSFHead(nn.Module):
         gamma = torch.cat([n.weight.double().flatten() for n in model.norm])
         beta = torch.cat([n.bias.double().flatten() for n in model.norm])
         self.num_classes = model.num_classes
+        self.packed: dict[int, torch.Tensor] = {}
         if model.num_classes == 0:
             self.weight, self.bias = _frozen(gamma, dtype), _frozen(beta, dtype)
             return
@@ -347,7 +374,7 @@ class FusedMSFHead(nn.Module):
         pooled = torch.cat(pooled, dim=1)
         if self.num_classes == 0:
             return torch.addcmul(self.bias, pooled, self.weight)
-        return F.linear(pooled, self.weight, self.bias)
+        return _packed_linear(pooled, self.weight, self.bias, self.packed)
 
 
 class _FusedTrunk(nn.Module):
