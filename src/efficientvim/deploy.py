@@ -293,6 +293,7 @@ class FusedPatchMerging(nn.Module):
         self.se_fc1_bias = _frozen(se.fc1.bias.double(), dtype)
         self.se_fc2_weight = _frozen(se.fc2.weight.double().flatten(1), dtype)
         self.se_fc2_bias = _frozen(se.fc2.bias.double(), dtype)
+        self.packed: tuple[dict, dict] = ({}, {})
         w, b = _conv_bn(m.conv[3])
         self.project = TokenConv(w, b, 1, 1, False, dtype)
         out_dim = w.shape[0]
@@ -305,8 +306,8 @@ class FusedPatchMerging(nn.Module):
         x = self.dwconv1(x)
         x = self.dw(self.expand(x))
         spatial = (2, 3) if self.channels_first else (1, 2)
-        se = F.relu(F.linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias))
-        se = F.linear(se, self.se_fc2_weight, self.se_fc2_bias).sigmoid()
+        se = _packed_linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias, self.packed[0]).relu_()
+        se = _packed_linear(se, self.se_fc2_weight, self.se_fc2_bias, self.packed[1]).sigmoid_()
         se = se[:, :, None, None] if self.channels_first else se[:, None, None, :]
         return self.dwconv2(self.project(x * se))
 
@@ -468,4 +469,8 @@ def fuse(
     for m in fused.modules():
         if hasattr(m, "channels_first"):
             m.channels_first = layout == "channels_first"
+        if isinstance(m, TokenConv) and layout == "channels_last" and not m.pointwise:
+            # the convolutions see channels-last maps; a weight in the same format is not
+            # reordered on every call
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return fused.to(param.device).eval()
