@@ -154,3 +154,17 @@ def test_fused_model_matches_when_projections_run_as_convolutions():
     with torch.no_grad():
         expected, got = model(x), fuse(model)(x)
     assert _relative_error(expected, got) < 1e-4
+
+
+def test_fused_model_uses_weights_loaded_after_it_has_run():
+    # batch-1 projections cache packed copies of their weights; loading new weights must repack them
+    tiny = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4), num_classes=4)
+    first, second = _random_model("efficientvim_m1", 0, **tiny), _random_model("efficientvim_m1", 1, **tiny)
+    fused = fuse(first)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = fused(x)
+        fused.load_state_dict(fuse(second).state_dict())
+        expected, got = second(x), fused(x)
+    assert _relative_error(expected, got) < 1e-4
+    assert _relative_error(expected, before) > 1e-2

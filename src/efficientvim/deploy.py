@@ -80,16 +80,18 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
     With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
     the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
-    caches one packed weight per token count (a batch-1 model sees the same few every call).
+    caches one packed weight per token count (a batch-1 model sees the same few every call),
+    stamped with the weight's version so that weights loaded later are packed again.
     Other dtypes and devices, and traced graphs, take F.linear.
     """
     if not _MKL_PACKED or x.dtype != torch.float32 or x.device.type != "cpu" or torch.jit.is_tracing():
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    weight_packed = packed.get(rows)
-    if weight_packed is None:
-        weight_packed = packed[rows] = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
-    return torch.ops.mkl._mkl_linear(x, weight_packed, weight, bias, rows)
+    stamp = (weight._version, weight.data_ptr())
+    entry = packed.get(rows)
+    if entry is None or entry[0] != stamp:
+        entry = packed[rows] = (stamp, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
+    return torch.ops.mkl._mkl_linear(x, entry[1], weight, bias, rows)
 
 
 def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
