@@ -71,6 +71,11 @@ def _accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     return getattr(x, op.__name__ + "_")(a, b)
 
 
+def _eager() -> bool:
+    """Whether this call runs eagerly, neither traced (ONNX, TorchScript) nor under torch.compile."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 # MKL's GEMM on a weight packed once beforehand; absent from PyTorch builds without MKL.
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
@@ -82,9 +87,9 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
     caches one packed weight per token count (a batch-1 model sees the same few every call),
     stamped with the weight's version so that weights loaded later are packed again.
-    Other dtypes and devices, and traced graphs, take F.linear.
+    Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
     """
-    if not _MKL_PACKED or x.dtype != torch.float32 or x.device.type != "cpu" or torch.jit.is_tracing():
+    if not (_MKL_PACKED and x.dtype == torch.float32 and x.device.type == "cpu" and _eager()):
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
     stamp = (weight._version, weight.data_ptr())
@@ -249,7 +254,7 @@ class FusedBlock(nn.Module):
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias
-        if x.numel() < SMALL_GEMM_TOKENS * dim and not torch.jit.is_tracing():
+        if x.numel() < SMALL_GEMM_TOKENS * dim and _eager():
             return x.add_(_packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
         x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
         return x.view(batch, height, width, dim), h
