@@ -46,6 +46,9 @@ from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, Effici
 MAX_MOVED_BIAS_GAIN = 16.0
 # Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
 SMALL_GEMM_TOKENS = 1024
+# Most rows (tokens) for which a projection uses MKL's pre-packed GEMM (batch-1 sizes); above
+# it, batch-32 runs were faster on the plain GEMM.
+PACKED_GEMM_TOKENS = 256
 
 
 def _frozen(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
@@ -81,7 +84,7 @@ _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl
 
 
 def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: dict) -> torch.Tensor:
-    """F.linear(x, weight, bias) for few tokens, on a weight MKL has packed for this token count.
+    """F.linear(x, weight, bias), for at most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
 
     With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
     the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
@@ -89,9 +92,10 @@ def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     stamped with the weight's version so that weights loaded later are packed again.
     Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
     """
-    if not (_MKL_PACKED and x.dtype == torch.float32 and x.device.type == "cpu" and _eager()):
-        return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
+    if not (_MKL_PACKED and rows <= PACKED_GEMM_TOKENS and x.dtype == torch.float32 and x.device.type == "cpu"
+            and _eager()):
+        return F.linear(x, weight, bias)
     stamp = (weight._version, weight.data_ptr())
     entry = packed.get(rows)
     if entry is None or entry[0] != stamp:
@@ -254,7 +258,7 @@ class FusedBlock(nn.Module):
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias
-        if x.numel() < SMALL_GEMM_TOKENS * dim and _eager():
+        if x.numel() <= PACKED_GEMM_TOKENS * dim and _eager():
             return x.add_(_packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
         x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
         return x.view(batch, height, width, dim), h
@@ -476,8 +480,8 @@ def fuse(
     for m in fused.modules():
         if hasattr(m, "channels_first"):
             m.channels_first = layout == "channels_first"
-        if isinstance(m, TokenConv) and layout == "channels_last" and not m.pointwise:
-            # the convolutions see channels-last maps; a weight in the same format is not
-            # reordered on every call
+        if isinstance(m, TokenConv) and layout == "channels_last" and not m.pointwise and m.groups == 1:
+            # the dense (stem) convolutions see channels-last maps; a weight in the same format
+            # is not reordered on every call
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return fused.to(param.device).eval()
