@@ -166,10 +166,16 @@ class FusedStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the stride 4, 8 and 16 maps as (B, H, W, C), or NCHW with ``channels_first``."""
-        if not self.channels_first:
-            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        levels = []
-        for conv in self.conv:
+        first, *rest = self.conv
+        if self.channels_first:
+            x = first(x)
+        else:
+            # the NCHW image meets a channels-last kernel: oneDNN writes a channels-last map
+            # without a separate reordering copy of the image
+            x = F.conv2d(x, first.weight, first.bias, first.stride, first.padding)
+            x = (x.relu_() if first.relu else x).permute(0, 2, 3, 1)
+        levels = [x]
+        for conv in rest:
             x = conv(x)
             levels.append(x)
         return levels[1:]
