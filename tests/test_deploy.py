@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -154,3 +156,22 @@ def test_fused_model_matches_when_projections_run_as_convolutions():
     with torch.no_grad():
         expected, got = model(x), fuse(model)(x)
     assert _relative_error(expected, got) < 1e-4
+
+
+def test_fused_model_uses_weights_loaded_after_it_has_run():
+    # batch-1 projections cache packed copies of their weights; loading new weights must repack them
+    tiny = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4), num_classes=4)
+    first = _random_model("efficientvim_m1", **tiny)
+    second = copy.deepcopy(first)
+    with torch.no_grad():
+        for name, p in second.named_parameters():
+            if "conv.weight" in name or "heads" in name:  # the same gates, so the same fused structure
+                p.mul_(1.5)
+    fused = fuse(first)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = fused(x)
+        fused.load_state_dict(fuse(second).state_dict())
+        expected, got = second(x), fused(x)
+    assert _relative_error(expected, got) < 1e-4
+    assert _relative_error(expected, before) > 1e-2

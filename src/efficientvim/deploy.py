@@ -6,9 +6,11 @@ inference-only copy that computes the same function with fewer, larger operation
 * BatchNorm is folded into the convolution or projection before it.
 * A gated depthwise branch (1 - s) x + s DW(x) is one depthwise conv whose kernel is
   s K + (1 - s) delta (delta: the identity kernel), and a residual x + DW(x) is K + delta.
-* LayerNorm's affine (gamma, beta) is folded into the maps that read the normalised tokens
-  (the B/C/dt projection, the hidden-state projection and the MSF head), so only the
-  normalisation itself remains.
+* The MSF heads' LayerNorm affine (gamma, beta) is folded into the merged head, so only the
+  normalisation itself remains there. Inside a block the LayerNorm keeps its affine: it is free
+  within the norm, and folding it into the hidden-state projection would leave a rank-one
+  correction (two more operations per block). HSM-SSD's A is the bias of the B/C/dt depthwise
+  conv (on the dt channels only).
 * The gates of the HSM-SSD and FFN branches become free by carrying the residual stream in
   a rescaled form: the block output (1 - s) (x + s / (1 - s) f(x)) is kept as x + r f(x) with
   r = s / (1 - s) folded into the branch's last projection, and the per-channel factor
@@ -44,6 +46,9 @@ from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, Effici
 MAX_MOVED_BIAS_GAIN = 16.0
 # Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
 SMALL_GEMM_TOKENS = 1024
+# Most rows (tokens) for which a projection uses MKL's pre-packed GEMM (batch-1 sizes); above
+# it, batch-32 runs were faster on the plain GEMM.
+PACKED_GEMM_TOKENS = 256
 
 
 def _frozen(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
@@ -67,6 +72,35 @@ def _accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     if torch.jit.is_tracing():
         return op(x, a, b)
     return getattr(x, op.__name__ + "_")(a, b)
+
+
+def _eager() -> bool:
+    """Whether this call runs eagerly, neither traced (ONNX, TorchScript) nor under torch.compile."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+# MKL's GEMM on a weight packed once beforehand; absent from PyTorch builds without MKL.
+_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: dict) -> torch.Tensor:
+    """F.linear(x, weight, bias), for at most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
+
+    With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
+    the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
+    caches one packed weight per token count (a batch-1 model sees the same few every call),
+    stamped with the weight's version so that weights loaded later are packed again.
+    Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
+    """
+    rows = x.numel() // x.shape[-1]
+    if not (_MKL_PACKED and rows <= PACKED_GEMM_TOKENS and x.dtype == torch.float32 and x.device.type == "cpu"
+            and _eager()):
+        return F.linear(x, weight, bias)
+    stamp = (weight._version, weight.data_ptr())
+    entry = packed.get(rows)
+    if entry is None or entry[0] != stamp:
+        entry = packed[rows] = (stamp, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
+    return torch.ops.mkl._mkl_linear(x, entry[1], weight, bias, rows)
 
 
 def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
@@ -103,10 +137,11 @@ class TokenConv(nn.Module):
         self.groups = groups
         self.relu = relu
         self.pointwise = weight.shape[-1] == 1 and groups == 1
+        self.packed: dict[int, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
-            x = F.linear(x, self.weight.flatten(1), self.bias)
+            x = _packed_linear(x, self.weight.flatten(1), self.bias, self.packed)
             return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
@@ -131,10 +166,16 @@ class FusedStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the stride 4, 8 and 16 maps as (B, H, W, C), or NCHW with ``channels_first``."""
-        if not self.channels_first:
-            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        levels = []
-        for conv in self.conv:
+        first, *rest = self.conv
+        if self.channels_first:
+            x = first(x)
+        else:
+            # the NCHW image meets a channels-last kernel: oneDNN writes a channels-last map
+            # without a separate reordering copy of the image
+            x = F.conv2d(x, first.weight, first.bias, first.stride, first.padding)
+            x = (x.relu_() if first.relu else x).permute(0, 2, 3, 1)
+        levels = [x]
+        for conv in rest:
             x = conv(x)
             levels.append(x)
         return levels[1:]
@@ -166,17 +207,15 @@ class FusedBlock(nn.Module):
         kernel = s[0].view(-1, 1, 1, 1) * weight + keep[0].view(-1, 1, 1, 1) * _identity_kernel(dim, 3)
         self.dwconv1 = TokenConv(kernel * in_scale.view(-1, 1, 1, 1), s[0] * bias, 1, dim, False, dtype)
 
-        # 2. HSM-SSD on LN(x) = gamma * n + beta: gamma scales the input columns of the maps reading n;
-        #    beta becomes a bias of W_BCdt (before the zero-padded DW conv, so it stays exact) and,
-        #    for h = (gamma * n + beta) P^T, the rank-one term (W_hz beta) (sum_L P)
-        gamma, beta = block.norm.weight.double(), block.norm.bias.double()
-        w_bcdt = mixer.BCdt_proj.conv.weight.double().squeeze(-1)
-        self.bcdt_proj = TokenConv(_as_1x1(w_bcdt * gamma), w_bcdt @ beta, 1, 1, False, dtype)
-        self.bcdt_dw = TokenConv(mixer.dw.conv.weight.double(), None, 1, 3 * state_dim, False, dtype)
-        self.state_bias = _frozen(mixer.A.double(), dtype)  # a
-        w_hz = mixer.hz_proj.conv.weight.double().squeeze(-1)
-        self.hz_weight = _frozen(w_hz * gamma, dtype)
-        self.hz_beta = _frozen(w_hz @ beta, dtype)
+        # 2. HSM-SSD on LN(x): the LayerNorm keeps its affine, which costs nothing inside the norm
+        #    and spares the rank-one correction h = (gamma * n + beta) P^T would need after the
+        #    hidden-state projection. The DW conv's bias adds A to the dt channels only (dt + A).
+        self.norm_weight = _frozen(block.norm.weight.double(), dtype)
+        self.norm_bias = _frozen(block.norm.bias.double(), dtype)
+        self.bcdt_proj = TokenConv(_as_1x1(mixer.BCdt_proj.conv.weight.double().flatten(1)), None, 1, 1, False, dtype)
+        dw_bias = torch.cat([torch.zeros(2 * state_dim, dtype=torch.float64), mixer.A.double()])
+        self.bcdt_dw = TokenConv(mixer.dw.conv.weight.double(), dw_bias, 1, 3 * state_dim, False, dtype)
+        self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
         self.skip = _frozen(mixer.D.double(), dtype)  # d
         # y enters the stream as r1 * y = (r1 * W_out g) C
         self.out_weight = _frozen(mixer.out_proj.conv.weight.double().squeeze(-1) * r[1].view(-1, 1), dtype)
@@ -201,6 +240,8 @@ class FusedBlock(nn.Module):
         self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype)
         self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
         self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
+        self.fc2_weight = _frozen(w2, dtype)  # (C, hidden), for the packed GEMM with few tokens
+        self.packed: tuple[dict, dict, dict] = ({}, {}, {})  # hz_proj, out_proj, fc2
 
     channels_first = False
 
@@ -210,20 +251,21 @@ class FusedBlock(nn.Module):
         batch, height, width, _ = x.shape
         dim = self.dim  # a constant, so exported graphs keep a static normalized_shape
         x = self.dwconv1(x)
-        n = F.layer_norm(x, (dim,), eps=self.eps)
+        n = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
-        b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N)
-        p = (dt + self.state_bias).softmax(dim=1) * b  # A * B, A a distribution over the L tokens
+        b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N); dt already + A
+        p = dt.softmax(dim=1).mul_(b)  # A * B, A a distribution over the L tokens
         tokens = x.reshape(batch, height * width, dim)
-        h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # n P^T, (B, N, C)
-        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(1).unsqueeze(-1), self.hz_beta)
-        h, z = hz.split(self.d_inner, dim=-1)
-        h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h, (B, N, C)
+        h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
+        h, z = _packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
+        h = _packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h, (B, N, C)
         x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
         x = self.dwconv2(x)
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias
+        if x.numel() <= PACKED_GEMM_TOKENS * dim and _eager():
+            return x.add_(_packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
         x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
         return x.view(batch, height, width, dim), h
 
@@ -235,13 +277,12 @@ class FusedBlock(nn.Module):
         x = self.dwconv1(x)
         # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so h = P n^T takes n in
         # that form and comes out (B, N, C): the weight maps on h are then one GEMM each
-        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), eps=self.eps)
+        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).reshape(batch, 3 * self.state_dim, -1)
-        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L)
-        p = (dt + self.state_bias.unsqueeze(-1)).softmax(dim=-1) * b
-        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (n P^T)^T, (B, N, C)
-        hz = torch.addcmul(F.linear(h, self.hz_weight), p.sum(-1).unsqueeze(-1), self.hz_beta)
-        h, z = hz.split(self.d_inner, dim=-1)
+        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L); dt already + A
+        p = dt.softmax(dim=-1) * b
+        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
+        h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
         h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
         x = (x.reshape(batch, dim, -1) + torch.matmul(h.transpose(1, 2), c)).view(batch, dim, height, width)
         x = self.dwconv2(x)
@@ -269,6 +310,7 @@ class FusedPatchMerging(nn.Module):
         self.se_fc1_bias = _frozen(se.fc1.bias.double(), dtype)
         self.se_fc2_weight = _frozen(se.fc2.weight.double().flatten(1), dtype)
         self.se_fc2_bias = _frozen(se.fc2.bias.double(), dtype)
+        self.packed: tuple[dict, dict] = ({}, {})
         w, b = _conv_bn(m.conv[3])
         self.project = TokenConv(w, b, 1, 1, False, dtype)
         out_dim = w.shape[0]
@@ -281,8 +323,8 @@ class FusedPatchMerging(nn.Module):
         x = self.dwconv1(x)
         x = self.dw(self.expand(x))
         spatial = (2, 3) if self.channels_first else (1, 2)
-        se = F.relu(F.linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias))
-        se = F.linear(se, self.se_fc2_weight, self.se_fc2_bias).sigmoid()
+        se = _packed_linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias, self.packed[0]).relu_()
+        se = _packed_linear(se, self.se_fc2_weight, self.se_fc2_bias, self.packed[1]).sigmoid_()
         se = se[:, :, None, None] if self.channels_first else se[:, None, None, :]
         return self.dwconv2(self.project(x * se))
 
@@ -324,6 +366,7 @@ class FusedMSFHead(nn.Module):
         gamma = torch.cat([n.weight.double().flatten() for n in model.norm])
         beta = torch.cat([n.bias.double().flatten() for n in model.norm])
         self.num_classes = model.num_classes
+        self.packed: dict[int, torch.Tensor] = {}
         if model.num_classes == 0:
             self.weight, self.bias = _frozen(gamma, dtype), _frozen(beta, dtype)
             return
@@ -349,7 +392,7 @@ class FusedMSFHead(nn.Module):
         pooled = torch.cat(pooled, dim=1)
         if self.num_classes == 0:
             return torch.addcmul(self.bias, pooled, self.weight)
-        return F.linear(pooled, self.weight, self.bias)
+        return _packed_linear(pooled, self.weight, self.bias, self.packed)
 
 
 class _FusedTrunk(nn.Module):
@@ -443,4 +486,8 @@ def fuse(
     for m in fused.modules():
         if hasattr(m, "channels_first"):
             m.channels_first = layout == "channels_first"
+        if isinstance(m, TokenConv) and layout == "channels_last" and not m.pointwise and m.groups == 1:
+            # the dense (stem) convolutions see channels-last maps; a weight in the same format
+            # is not reordered on every call
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return fused.to(param.device).eval()
