@@ -185,8 +185,8 @@ def test_other_input_channels_adapt_the_first_conv_of_loaded_weights(in_chans, t
     assert w.shape[1] == in_chans
     if in_chans == 1:  # grayscale: the three colour filters summed
         torch.testing.assert_close(w, w_rgb.sum(1, keepdim=True))
-    else:  # extra channels: the colour filters repeated, rescaled to keep the response
-        torch.testing.assert_close(w[:, :3].sum(1) * 0 + w[:, 0], w_rgb[:, 0] * 3 / in_chans)
+    else:  # extra channels: the colour filters repeated (R, G, B, R), rescaled by 3/4 to keep the response
+        torch.testing.assert_close(w, w_rgb[:, [0, 1, 2, 0]] * 3 / in_chans)
     assert model.eval()(torch.randn(1, in_chans, 64, 64)).shape == (1, 1000)
 
 

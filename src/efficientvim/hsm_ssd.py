@@ -91,22 +91,25 @@ class HSMSSD(nn.Module):
 
     def _mix(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The HSM-SSD equations on channel-first tokens x of shape (B, D, L)."""
-        batch = x.shape[0]
-        bcdt = self.BCdt_proj(x).reshape(batch, -1, height, width)
-        bcdt = self.dw(bcdt).flatten(2)
-        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L)
-        a = (dt + self.A.view(1, -1, 1)).softmax(dim=-1)  # A: a distribution over tokens per state
+        a, b, c = self._state_inputs(x, height, width)
         h = torch.matmul(x, (a * b).transpose(1, 2))  # (B, D, N)
         h, z = self.hz_proj(h).split(self.d_inner, dim=1)
         h = self.out_proj(h * F.silu(z) + h * self.D)
         y = torch.matmul(h, c)  # (B, D, L)
         return y, h
 
+    def _state_inputs(
+        self, x: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A, B and C, each (B, N, L), of channel-first tokens x (B, D, L)."""
+        bcdt = self.BCdt_proj(x).reshape(x.shape[0], -1, height, width)
+        b, c, dt = self.dw(bcdt).flatten(2).split(self.state_dim, dim=1)
+        a = (dt + self.A.view(1, -1, 1)).softmax(dim=-1)  # A: a distribution over tokens per state
+        return a, b, c
+
     @torch.no_grad()
     def state_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The softmax weights A (B, N, H, W) of a map x: where each hidden state gathers from."""
         batch, _, height, width = x.shape
-        bcdt = self.dw(self.BCdt_proj(x.flatten(2)).reshape(batch, -1, height, width)).flatten(2)
-        dt = bcdt[:, 2 * self.state_dim :]
-        a = (dt + self.A.view(1, -1, 1)).softmax(dim=-1)
+        a, _, _ = self._state_inputs(x.flatten(2), height, width)
         return a.reshape(batch, self.state_dim, height, width)

@@ -294,10 +294,9 @@ def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[
         if not 0 < indices <= num_stages:
             raise ValueError(f"can take the last 1..{num_stages} stages, not {indices}")
         return list(range(num_stages - indices, num_stages))
-    take = [i % num_stages for i in indices]
     if any(not -num_stages <= i < num_stages for i in indices):
         raise ValueError(f"stage indices must lie in [-{num_stages}, {num_stages}), got {list(indices)}")
-    return take
+    return [i % num_stages for i in indices]
 
 
 class EfficientViMFeatures(_Trunk):
@@ -331,8 +330,7 @@ class EfficientViMFeatures(_Trunk):
             raise ValueError(f"out_indices must be in [-{n}, {n}), got {tuple(out_indices)}")
         self.feature_info = FeatureInfo(levels, self.out_indices)
         # stages past the deepest requested level are never run: drop them (and their weights)
-        last_stage = max(self.out_indices) - 2
-        self.stages = self.stages[: max(last_stage, 0) + 1] if last_stage >= 0 else nn.ModuleList()
+        self.stages = self.stages[: max(max(self.out_indices) - 1, 0)]
         if len(self.stages):
             self.stages[-1].downsample = None
         self.total_stride = levels[max(self.out_indices)]["reduction"]
