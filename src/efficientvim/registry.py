@@ -115,7 +115,7 @@ def download_pretrained(name: str, tag: str | None) -> str:
 def create_model(
     name: str,
     pretrained: bool = False,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Checkpoint | None = None,
     checkpoint_key: str | None = None,
     num_classes: int | None = None,
     in_chans: int = 3,
@@ -129,7 +129,8 @@ def create_model(
         name: ``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist`` for the distilled heads, or a
             weights tag such as ``efficientvim_m2.e450_in1k`` (implies ``pretrained``).
         pretrained: download timm's published ImageNet weights (cached; needs internet once).
-        checkpoint: a local file: the authors' .pth, a timm state dict or ``save_weights`` output.
+        checkpoint: a local file (the authors' .pth, a timm state dict or ``save_weights`` output),
+            or a :class:`Checkpoint` already read.
         checkpoint_key: the envelope entry to read (``model`` or ``model_ema``); EMA by default.
         num_classes: classifier size; default: the checkpoint's, else 1000. When it differs from
             the checkpoint's, the MSF heads are freshly initialised (fine-tuning).
@@ -146,7 +147,9 @@ def create_model(
     arch.update({k: overrides.pop(k) for k in list(overrides) if k in arch})
 
     ckpt = None
-    if checkpoint is not None:
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+    elif checkpoint is not None:
         ckpt = Checkpoint(checkpoint, checkpoint_key)
     elif pretrained or tag:
         ckpt = Checkpoint(download_pretrained(base, tag), checkpoint_key)
@@ -203,4 +206,4 @@ def load_model(path: str | os.PathLike, **kwargs) -> nn.Module:
     for key in ("embed_dim", "depths", "state_dim"):
         if ckpt.metadata.get(key):
             kwargs.setdefault(key, tuple(ckpt.metadata[key]))
-    return create_model(arch, checkpoint=path, **kwargs)
+    return create_model(arch, checkpoint=ckpt, **kwargs)
