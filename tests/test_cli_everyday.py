@@ -159,6 +159,8 @@ def test_info_prints_the_exact_parameter_count_and_stage_table():
     lines = result.stdout.splitlines()
     assert lines[0] == "efficientvim_m1 at 224x224, 1000 classes"
     assert lines[1].split() == ["parameters", "6,679,458"]
+    # convolutions and matmuls at 224, the number docs/cli.md shows (the paper rounds M1 to 239M)
+    assert lines[2].split()[-1] == "(236,394,910)"
     stage_rows = {line.split()[0] + line.split()[1]: line.split() for line in lines if line.strip().startswith("stage")}
     assert stage_rows["stage1"][2:10] == ["2", "128", "x", "14", "x", "14", "49", "128"]
     assert stage_rows["stage3"][2:10] == ["2", "320", "x", "4", "x", "4", "9", "320"]

@@ -62,6 +62,32 @@ def test_hidden_state_maps_are_distributions_over_the_tokens_of_each_stage(tiny)
         assert torch.allclose(logits, tiny(x), atol=1e-6)
 
 
+def test_hidden_state_maps_are_the_weights_the_forward_pass_used():
+    # two blocks in stage 1, so that the first block's maps would not pass for the last one's
+    tiny = efficientvim.create_model(
+        "efficientvim_m1", embed_dim=(32, 48, 64), depths=(2, 1, 1), state_dim=(8, 6, 4), num_classes=5
+    )
+    randomize_(tiny, seed=2).eval()
+    # the output of each last mixer's depthwise conv holds (B, C, dt) as the forward pass computed them
+    x = torch.randn(1, 3, 96, 96)
+    used: list[torch.Tensor] = []
+    mixers = [stage.blocks[-1].mixer for stage in tiny.stages]
+    hooks = [
+        m.dw.register_forward_hook(lambda mod, _a, out, m=m: used.append((out.flatten(2)[:, 2 * m.state_dim :], m)))
+        for m in mixers
+    ]
+    try:
+        maps, _ = hidden_state_maps(tiny, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # the first pass through each mixer is the model's forward (state_weights may run dw again after it)
+    assert [m for _, m in used[: len(mixers)]] == mixers
+    for (dt, mixer), got in zip(used, maps):
+        want = (dt + mixer.A.view(1, -1, 1)).softmax(-1)
+        assert torch.allclose(got.flatten(2), want, atol=1e-6)
+
+
 def test_state_report_shows_the_maps_of_the_models_own_input(tiny):
     from skimage import data
 
