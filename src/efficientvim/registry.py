@@ -194,13 +194,13 @@ def _apply_metadata(model: nn.Module, meta: dict, keep_labels: bool) -> None:
         cfg["label_names"] = list(meta["class_names"])
 
 
-def load_model(path: str | os.PathLike, **kwargs) -> nn.Module:
+def load_model(path: str | os.PathLike | Checkpoint, **kwargs) -> nn.Module:
     """Rebuild a model from a file written by ``save_weights`` alone (its metadata names the architecture)."""
-    ckpt = Checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else Checkpoint(path)
     arch = ckpt.metadata.get("architecture")
     if not arch:
         raise CheckpointError(
-            f"checkpoint {path} does not name its architecture: use create_model(NAME, checkpoint=...)"
+            f"checkpoint {ckpt.path} does not name its architecture: use create_model(NAME, checkpoint=...)"
         )
     kwargs.setdefault("in_chans", ckpt.metadata.get("in_chans", 3))
     for key in ("embed_dim", "depths", "state_dim"):

@@ -26,11 +26,12 @@ def model_from_args(args: argparse.Namespace) -> nn.Module:
     if args.model is None and args.checkpoint is None:
         raise EfficientViMError("pass --model NAME, --checkpoint PATH or both (see `efficientvim models`)")
     if args.model is None:
-        if not Checkpoint(args.checkpoint).metadata.get("architecture"):
+        ckpt = Checkpoint(args.checkpoint)
+        if not ckpt.metadata.get("architecture"):
             raise CheckpointError(
                 f"checkpoint {args.checkpoint} does not say which model it holds: pass --model NAME as well"
             )
-        return load_model(args.checkpoint).eval()
+        return load_model(ckpt).eval()
     return create_model(args.model, checkpoint=args.checkpoint).eval()
 
 
