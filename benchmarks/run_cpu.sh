@@ -12,6 +12,10 @@ SHVIT="timm:shvit_s1,timm:shvit_s2,timm:shvit_s3,timm:shvit_s4"
 efficientvim bench --runtimes eager --models "$OURS,$TIMM,$SHVIT" --batch-size 32 --threads "$THREADS" \
   --repeats 10 --warmup 3 -o "$OUT/eager-core"
 
+# batch-1 latency against timm's EfficientViM alone, more rounds (the "Batch-1 latency, packed GEMMs" runs)
+efficientvim bench --runtimes eager --models "$OURS,$TIMM" --batch-size 1 --no-latency --threads "$THREADS" \
+  --repeats 40 --warmup 5 -o "$OUT/eager-b1"
+
 # the same with every peer (the default model list)
 efficientvim bench --runtimes eager --batch-size 32 --threads "$THREADS" --repeats 10 --warmup 3 -o "$OUT/eager-all"
 
@@ -29,6 +33,6 @@ efficientvim bench --runtimes eager \
   --resolutions 224,384,512,768,1024 --batch-size 1 --no-latency --threads "$THREADS" --repeats 5 --warmup 1 \
   -o "$OUT/resolution"
 
-for run in eager-core eager-all onnxruntime compile resolution; do
+for run in eager-core eager-b1 eager-all onnxruntime compile resolution; do
   python benchmarks/summarize.py "$OUT/$run/results.json" > "$OUT/$run/summary.md"
 done

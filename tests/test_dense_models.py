@@ -91,6 +91,8 @@ def test_detector_reads_the_requested_pyramid_levels():
     assert list(features) == ["1", "2", "3", "4", "pool"]
     assert [f.shape[-1] for f in features.values()] == [32, 16, 8, 4, 2]
     assert all(f.shape[1] == fpn.out_channels == 32 for f in features.values())
+    # the extra stride-128 level is the coarsest FPN map subsampled, not another trunk level
+    assert torch.equal(features["pool"], torch.nn.functional.max_pool2d(features["4"], 1, 2))
     # the anchors of every level sit at its own stride
     assert model.transform.size_divisible == 128
 

@@ -96,20 +96,13 @@ def native_resolution(name: str) -> int:
 
 def build_model(name: str, runtime: str = "eager") -> nn.Module:
     """An eval-mode model for a benchmark name, weights random (speed does not depend on them)."""
+    _check_name(name)
     if name.startswith(TIMM_PREFIX):
         import timm
         from timm.utils.model import reparameterize_model
 
-        arch = model_family(name)
-        if not timm.is_model(arch):
-            raise UnknownModelError(f"timm has no model {arch!r}: see timm.list_models()")
-        return reparameterize_model(timm.create_model(arch, pretrained=False).eval())
-    base = model_family(name)
-    if base not in list_models():
-        raise UnknownModelError(
-            f"unknown benchmark model {name!r}: use an efficientvim name (optionally +fuse) or timm:NAME"
-        )
-    model = create_model(base).eval()
+        return reparameterize_model(timm.create_model(model_family(name), pretrained=False).eval())
+    model = create_model(model_family(name)).eval()
     if not name.endswith(FUSE_SUFFIX):
         return model
     return fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last")

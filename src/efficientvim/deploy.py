@@ -289,7 +289,7 @@ class FusedBlock(nn.Module):
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias.view(-1, 1, 1)
-        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight_t.t())), h
+        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight)), h
 
 
 class FusedPatchMerging(nn.Module):

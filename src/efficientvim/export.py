@@ -208,8 +208,8 @@ class OnnxPredictor:
         if not isinstance(images, (list, tuple)):
             images = [images]
         logits = self.logits(np.stack([self.preprocess(im) for im in images]))
-        logits = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
         order = np.argsort(-probs, axis=1)[:, :top_k]
         names = self.label_names or [str(i) for i in range(probs.shape[1])]
         return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

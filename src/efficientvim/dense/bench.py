@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -42,7 +43,7 @@ def dense_latency(
         start = time.perf_counter()
         model(x)
         times.append(time.perf_counter() - start)
-    ms = sorted(times)[len(times) // 2] * 1000
+    ms = statistics.median(times) * 1000
     return dict(
         model=name,
         input=f"{batch_size}x3x{height}x{width}",
