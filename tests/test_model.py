@@ -222,3 +222,17 @@ def test_torch_export_with_dynamic_batch_and_trace_match_eager():
     with torch.no_grad():
         torch.testing.assert_close(exported(x3), model(x3))
         torch.testing.assert_close(traced(x3), model(x3))
+
+
+def test_unfused_model_exports_to_onnx_runtime_with_dynamic_sizes(tmp_path):
+    import onnxruntime
+
+    model = ev.create_model("efficientvim_m1", **TINY, num_classes=5).eval()
+    path = tmp_path / "m.onnx"
+    axes = {"x": {0: "batch", 2: "height", 3: "width"}}
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), opset_version=17, dynamo=False,
+                      input_names=["x"], dynamic_axes=axes)  # fmt: skip
+    x = torch.randn(2, 3, 64, 96)
+    (y,) = onnxruntime.InferenceSession(str(path)).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-5)

@@ -54,7 +54,9 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
+        # explicit non-negative dims: the ONNX exporter writes movedim(-1, 1) as a Transpose with a
+        # negative perm entry, which ONNX Runtime rejects
+        return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
 
 
 class Stem(nn.Module):
