@@ -95,8 +95,8 @@ def evaluate(
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top.eq(y[:, None])
-        sums += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(logits, y, reduction="sum"),
-                             torch.tensor(len(y), device=d.device)]).double()
+        sums[:3] += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), F.cross_entropy(logits, y, reduction="sum")])
+        sums[3] += len(y)
     model.train(was_training)
     sums = all_reduce_sum(sums, d)
     n = max(sums[3].item(), 1)
