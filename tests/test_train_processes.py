@@ -44,6 +44,16 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+def start_two_epoch_run(tmp_path: Path) -> tuple[list[str], Path, subprocess.Popen]:
+    """Start a 2-epoch run and return once epoch 1 is saved and epoch 2 (24 batches) is starting."""
+    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
+    out = tmp_path / "out"
+    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(out / "last.pt", proc)
+    return cmd, out, proc
+
+
 def epochs_logged(out: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -68,11 +78,7 @@ def test_two_process_ddp_run_reduces_metrics_and_writes_once(tmp_path, capsys):
 
 
 def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path):
-    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
-    out = tmp_path / "out"
-    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "last.pt", proc)  # epoch 1 is saved; epoch 2 (24 batches) is starting
+    cmd, out, proc = start_two_epoch_run(tmp_path)
     proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
     proc.wait(timeout=30)
     saved = torch.load(out / "last.pt", weights_only=True)["fit_state"]
@@ -86,11 +92,7 @@ def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_that_the_rerun_continues(tmp_path):
-    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
-    out = tmp_path / "out"
-    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=2)]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "last.pt", proc)  # epoch 1 is saved; epoch 2 (24 batches) is starting
+    cmd, out, proc = start_two_epoch_run(tmp_path)
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]

@@ -192,3 +192,20 @@ def test_resuming_into_a_run_of_another_model_is_refused(tmp_path, trained, caps
     assert code == 2
     err = capsys.readouterr().err
     assert f"cannot resume from {trained['out'] / 'last.pt'}: it belongs to a different model" in err
+
+
+def test_evaluate_counts_top1_top5_and_mean_loss_over_batches():
+    from torch.nn import functional as F
+
+    from efficientvim.train.classification import evaluate
+    from efficientvim.train.engine import Distributed
+
+    # 6 classes; class 0 ranks first, class 5 last: target 0 is a top-1 hit, 3 a top-5 hit, 5 a miss
+    logits = torch.tensor([[6.0, 5, 4, 3, 2, 1]]).repeat(3, 1)
+    y = torch.tensor([0, 3, 5])
+    batches = [(logits[:2], y[:2]), (logits[2:], y[2:])]
+    metrics = evaluate(torch.nn.Identity(), batches, Distributed())
+    assert metrics["images"] == 3
+    assert metrics["top1"] == pytest.approx(100 / 3)
+    assert metrics["top5"] == pytest.approx(200 / 3)
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, y).item())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +43,3 @@ def make_folder(root: Path, classes=tuple(COLOURS), per_class: dict[str, int] | 
 def write_config(path: Path, **changes) -> Path:
     path.write_text(yaml.safe_dump({**TINY, **changes}))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

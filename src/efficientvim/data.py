@@ -125,7 +125,7 @@ def find_split(root: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def class_folders(root: Path) -> list[str]:
-    """Class names of a folder split: its sub-folders that hold files (tar splits: read by timm later)."""
+    """Class names of a folder split: its visible sub-folders (tar splits: read by timm later)."""
     if root.is_file():
         return []
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -63,9 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what to train (default classification)")
     p.add_argument("--recipe", choices=recipe_names(), help=f"hyper-parameter set (default {DEFAULT_RECIPE})")
     p.add_argument("--config", metavar="YAML", help="YAML file of TrainConfig keys; options given here win")
-    for field, (kind, text) in OPTIONS.items():
-        p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, help=text)
-    for field, (kind, text) in DENSE_OPTIONS.items():
+    for field, (kind, text) in (*OPTIONS.items(), *DENSE_OPTIONS.items()):
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, help=text)
     for field, text in FLAGS.items():
         p.add_argument("--" + field.replace("_", "-"), dest=field, action="store_true", default=None, help=text)
@@ -116,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task != "classification":
         from ..train.dense import train_dense
 
-        result = train_dense(resolve_dense(args))
-        return 128 + result.fit.stopped_by if result.fit.stopped_by is not None else 0
+        return _exit_code(train_dense(resolve_dense(args)).fit)
     wrong = _given(args, DENSE_OPTIONS)
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} applies to --task detection|segmentation only")
@@ -129,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..train import train
 
-    result = train(cfg)
+    return _exit_code(train(cfg).fit)
+
+
+def _exit_code(fit) -> int:
     # a run stopped by a signal exits as the shell expects (128 + signal number); rerunning resumes it
-    return 128 + result.fit.stopped_by if result.fit.stopped_by is not None else 0
+    return 128 + fit.stopped_by if fit.stopped_by is not None else 0

@@ -335,20 +335,21 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
                     with torch.autocast(d.device.type, loop.amp_dtype or torch.float32, loop.amp_dtype is not None):
                         loss, n = loop.loss_fn(model, batch, epoch)
                     (scaler.scale(loss / loop.accum_steps) if scaler else loss / loop.accum_steps).backward()
-                loss_value = loss.detach().float()
+                # the one host sync per micro-batch: the finiteness check must precede the optimiser step
+                loss_value = loss.detach().float().item()
                 flags = all_reduce_sum(
-                    torch.tensor([float(not torch.isfinite(loss_value)), float(stop.signum is not None)]), d
+                    torch.tensor([float(not math.isfinite(loss_value)), float(stop.signum is not None)]), d
                 )
                 if flags[0] > 0:
                     opt.zero_grad(set_to_none=True)
                     kept = f"{last} (after epoch {_saved_epoch(last)}) is the last good checkpoint" if last.exists() \
                         else "no checkpoint was written yet"
                     raise TrainingDivergedError(
-                        f"loss became {loss_value.item()} at epoch {epoch + 1}, batch {i + 1}: stopped without "
+                        f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}: stopped without "
                         f"saving; {kept}. Lower the learning rate (--lr) or turn off --amp, then run the "
                         "same command to resume"
                     )
-                loss_sum, loss_n, seen = loss_sum + loss_value.item() * n, loss_n + n, seen + n
+                loss_sum, loss_n, seen = loss_sum + loss_value * n, loss_n + n, seen + n
                 if boundary:
                     _optimizer_step(loop, net, scaler)
                     state.updates += 1
