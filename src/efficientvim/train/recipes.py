@@ -145,7 +145,7 @@ DEFAULT_RECIPE = "small"
 
 # The embedded digits are 8x8 scans: upscaled to the network's minimum input (total stride 64),
 # centred (no crop at eval), and never mirrored (a mirrored 2 is not a 2).
-# The model is M1 at half width, which trains several times faster than M1 on two CPU cores.
+# The model is M1 at half width (1.48M parameters), small enough for the 1,437 training digits.
 DIGITS_DEFAULTS: dict[str, Any] = {
     "model_args": {"embed_dim": (64, 96, 160)},
     "img_size": 64,
