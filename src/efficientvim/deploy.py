@@ -81,26 +81,79 @@ def _eager() -> bool:
 
 # MKL's GEMM on a weight packed once beforehand; absent from PyTorch builds without MKL.
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+# oneDNN's convolution on a weight reordered once beforehand (the op torch.compile's CPU backend emits).
+_MKLDNN_PACKED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# Largest input (elements) for which a dense convolution (the stem) runs on a pre-reordered weight; at
+# batch 32 oneDNN's plain path was as fast or faster. Depthwise convolutions always use one.
+PACKED_CONV_ELEMENTS = 1 << 18
+# Input shapes a module keeps packed weights for; a model fed ever new sizes repacks the oldest away.
+PACKED_SHAPES = 8
 
 
-def _packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: dict) -> torch.Tensor:
+class PackedWeights(dict):
+    """Weights a kernel library has packed for one input shape: shape -> (stamp, packed weight).
+
+    A cache, not state: copies and pickles of the module start it empty, and an entry whose stamp
+    (the weight's version and storage) no longer matches is packed again, so weights loaded after
+    the model has run are used.
+    """
+
+    def get_or_pack(self, key, weight: torch.Tensor, pack):
+        stamp = (weight._version, weight.data_ptr())
+        entry = self.get(key)
+        if entry is None or entry[0] != stamp:
+            if key not in self and len(self) >= PACKED_SHAPES:
+                del self[next(iter(self))]
+            entry = self[key] = (stamp, pack())
+        return entry[1]
+
+    def __deepcopy__(self, memo) -> PackedWeights:
+        return PackedWeights()
+
+    def __reduce__(self):
+        return PackedWeights, ()
+
+
+def _native_cpu_fp32(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu" and _eager()
+
+
+def _packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeights
+) -> torch.Tensor:
     """F.linear(x, weight, bias), for at most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
 
     With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
     the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
-    caches one packed weight per token count (a batch-1 model sees the same few every call),
-    stamped with the weight's version so that weights loaded later are packed again.
+    holds one packed weight per token count (a batch-1 model sees the same few every call).
     Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
     """
     rows = x.numel() // x.shape[-1]
-    if not (_MKL_PACKED and rows <= PACKED_GEMM_TOKENS and x.dtype == torch.float32 and x.device.type == "cpu"
-            and _eager()):
+    if not (_MKL_PACKED and rows <= PACKED_GEMM_TOKENS and _native_cpu_fp32(x)):
         return F.linear(x, weight, bias)
-    stamp = (weight._version, weight.data_ptr())
-    entry = packed.get(rows)
-    if entry is None or entry[0] != stamp:
-        entry = packed[rows] = (stamp, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
-    return torch.ops.mkl._mkl_linear(x, entry[1], weight, bias, rows)
+    packed_weight = packed.get_or_pack(rows, weight, lambda: torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
+    return torch.ops.mkl._mkl_linear(x, packed_weight, weight, bias, rows)
+
+
+def _packed_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int, groups: int,
+    relu: bool, packed: PackedWeights,
+) -> torch.Tensor:
+    """F.conv2d (+ ReLU) with the weight in oneDNN's own format, reordered once per input shape.
+
+    ``F.conv2d`` reorders the weight on every call, which is most of a small depthwise conv's time
+    (batch 1); the ReLU runs inside the convolution. Falls back to F.conv2d where oneDNN's op is
+    absent, for large dense convolutions (see ``PACKED_CONV_ELEMENTS``), and for other dtypes and
+    devices, traced graphs and torch.compile.
+    """
+    if not (_MKLDNN_PACKED and (groups > 1 or x.numel() <= PACKED_CONV_ELEMENTS) and _native_cpu_fp32(x)):
+        x = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+        return x.relu_() if relu else x  # in place: the conv output is a fresh tensor
+    pad, step = [padding, padding], [stride, stride]
+    packed_weight = packed.get_or_pack(tuple(x.shape), weight, lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.to_mkldnn(), pad, step, [1, 1], groups, list(x.shape)))
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed_weight, bias, pad, step, [1, 1], groups, "relu" if relu else "none", [], "")
 
 
 def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
@@ -137,17 +190,15 @@ class TokenConv(nn.Module):
         self.groups = groups
         self.relu = relu
         self.pointwise = weight.shape[-1] == 1 and groups == 1
-        self.packed: dict[int, torch.Tensor] = {}
+        self.packed = PackedWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
-            x = _packed_linear(x, self.weight.flatten(1), self.bias, self.packed)
+            x = _packed_linear(x, self.weight.view(self.weight.shape[:2]), self.bias, self.packed)
             return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
-        if self.relu:
-            x = x.relu_()  # in place: the conv output is a fresh tensor
+        x = _packed_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.packed)
         return x if self.channels_first else x.permute(0, 2, 3, 1)
 
 
@@ -241,7 +292,7 @@ class FusedBlock(nn.Module):
         self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
         self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
         self.fc2_weight = _frozen(w2, dtype)  # (C, hidden), for the packed GEMM with few tokens
-        self.packed: tuple[dict, dict, dict] = ({}, {}, {})  # hz_proj, out_proj, fc2
+        self.packed = (PackedWeights(), PackedWeights(), PackedWeights())  # hz_proj, out_proj, fc2
 
     channels_first = False
 
@@ -254,9 +305,11 @@ class FusedBlock(nn.Module):
         n = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
         b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N); dt already + A
-        p = dt.softmax(dim=1).mul_(b)  # A * B, A a distribution over the L tokens
+        # P^T = A * B (B, N, L), A a distribution over the L tokens; softmax over the last axis of the
+        # transposed view is several times faster than over the strided token axis
+        p = dt.transpose(1, 2).softmax(dim=-1).mul_(b.transpose(1, 2))
         tokens = x.reshape(batch, height * width, dim)
-        h = torch.bmm(p.transpose(1, 2), n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
+        h = torch.bmm(p, n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
         h, z = _packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
         h = _packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h, (B, N, C)
         x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
@@ -310,7 +363,7 @@ class FusedPatchMerging(nn.Module):
         self.se_fc1_bias = _frozen(se.fc1.bias.double(), dtype)
         self.se_fc2_weight = _frozen(se.fc2.weight.double().flatten(1), dtype)
         self.se_fc2_bias = _frozen(se.fc2.bias.double(), dtype)
-        self.packed: tuple[dict, dict] = ({}, {})
+        self.packed = (PackedWeights(), PackedWeights())
         w, b = _conv_bn(m.conv[3])
         self.project = TokenConv(w, b, 1, 1, False, dtype)
         out_dim = w.shape[0]
@@ -366,7 +419,7 @@ class FusedMSFHead(nn.Module):
         gamma = torch.cat([n.weight.double().flatten() for n in model.norm])
         beta = torch.cat([n.bias.double().flatten() for n in model.norm])
         self.num_classes = model.num_classes
-        self.packed: dict[int, torch.Tensor] = {}
+        self.packed = PackedWeights()
         if model.num_classes == 0:
             self.weight, self.bias = _frozen(gamma, dtype), _frozen(beta, dtype)
             return
