@@ -183,22 +183,24 @@ class TokenConv(nn.Module):
         self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, groups: int, relu: bool, dtype: torch.dtype
     ) -> None:
         super().__init__()
-        self.weight = _frozen(weight, dtype)
+        self.pointwise = weight.shape[-1] == 1 and groups == 1
+        # a 1x1 projection keeps its weight as a (C_out, C_in) matrix, the operand of F.linear
+        self.weight = _frozen(weight.flatten(1) if self.pointwise else weight, dtype)
         self.bias = _frozen(bias, dtype) if bias is not None else None
         self.stride = stride
         self.padding = weight.shape[-1] // 2
         self.groups = groups
         self.relu = relu
-        self.pointwise = weight.shape[-1] == 1 and groups == 1
         self.packed = PackedWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
-            x = _packed_linear(x, self.weight.view(self.weight.shape[:2]), self.bias, self.packed)
+            x = _packed_linear(x, self.weight, self.bias, self.packed)
             return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
-        x = _packed_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.packed)
+        weight = _as_1x1(self.weight) if self.pointwise else self.weight
+        x = _packed_conv2d(x, weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.packed)
         return x if self.channels_first else x.permute(0, 2, 3, 1)
 
 
@@ -217,16 +219,12 @@ class FusedStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the stride 4, 8 and 16 maps as (B, H, W, C), or NCHW with ``channels_first``."""
-        first, *rest = self.conv
-        if self.channels_first:
-            x = first(x)
-        else:
-            # the NCHW image meets a channels-last kernel: oneDNN writes a channels-last map
-            # without a separate reordering copy of the image
-            x = F.conv2d(x, first.weight, first.bias, first.stride, first.padding)
-            x = (x.relu_() if first.relu else x).permute(0, 2, 3, 1)
-        levels = [x]
-        for conv in rest:
+        if not self.channels_first:
+            # one reordering copy of the small 3-channel image: the first conv then reads a channels-last
+            # map like the others (and runs on its pre-reordered weight)
+            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        levels = []
+        for conv in self.conv:
             x = conv(x)
             levels.append(x)
         return levels[1:]
