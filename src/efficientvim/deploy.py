@@ -41,6 +41,8 @@ from .hsm_ssd import HSMSSD
 from .layers import ConvNorm, PatchMerging, Stem
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, EfficientViMStage, _check_input
 
+# Channel count oneDNN and ONNX Runtime's NCHWc kernels block by (AVX-512: 16 floats); B/C/dt are padded to it.
+CHANNEL_BLOCK = 16
 # Largest gate ratio r3 = s3 / (1 - s3) for which the FFN output bias is moved in front of the FFN;
 # the move costs fc1 about r3 * eps of relative precision.
 MAX_MOVED_BIAS_GAIN = 16.0
@@ -261,9 +263,15 @@ class FusedBlock(nn.Module):
         #    hidden-state projection. The DW conv's bias adds A to the dt channels only (dt + A).
         self.norm_weight = _frozen(block.norm.weight.double(), dtype)
         self.norm_bias = _frozen(block.norm.bias.double(), dtype)
-        self.bcdt_proj = TokenConv(_as_1x1(mixer.BCdt_proj.conv.weight.double().flatten(1)), None, 1, 1, False, dtype)
+        #    B, C and dt are padded with zero channels to a multiple of CHANNEL_BLOCK, which oneDNN and
+        #    ONNX Runtime then run in whole blocks; the padding is split off and dropped.
+        pad = -3 * state_dim % CHANNEL_BLOCK
+        self.bcdt_split = (state_dim,) * 3 + ((pad,) if pad else ())
+        proj = F.pad(mixer.BCdt_proj.conv.weight.double().flatten(1), (0, 0, 0, pad))
+        self.bcdt_proj = TokenConv(_as_1x1(proj), None, 1, 1, False, dtype)
         dw_bias = torch.cat([torch.zeros(2 * state_dim, dtype=torch.float64), mixer.A.double()])
-        self.bcdt_dw = TokenConv(mixer.dw.conv.weight.double(), dw_bias, 1, 3 * state_dim, False, dtype)
+        dw_weight, dw_bias = F.pad(mixer.dw.conv.weight.double(), (0, 0, 0, 0, 0, 0, 0, pad)), F.pad(dw_bias, (0, pad))
+        self.bcdt_dw = TokenConv(dw_weight, dw_bias, 1, 3 * state_dim + pad, False, dtype)
         self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
         self.skip = _frozen(mixer.D.double(), dtype)  # d
         # y enters the stream as r1 * y = (r1 * W_out g) C
@@ -302,7 +310,7 @@ class FusedBlock(nn.Module):
         x = self.dwconv1(x)
         n = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
-        b, c, dt = bcdt.split(self.state_dim, dim=-1)  # each (B, L, N); dt already + A
+        b, c, dt = bcdt.split(self.bcdt_split, dim=-1)[:3]  # each (B, L, N); dt already + A
         # P^T = A * B (B, N, L), A a distribution over the L tokens; softmax over the last axis of the
         # transposed view is several times faster than over the strided token axis
         p = dt.transpose(1, 2).softmax(dim=-1).mul_(b.transpose(1, 2))
@@ -329,8 +337,8 @@ class FusedBlock(nn.Module):
         # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so h = P n^T takes n in
         # that form and comes out (B, N, C): the weight maps on h are then one GEMM each
         n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), self.norm_weight, self.norm_bias, self.eps)
-        bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).reshape(batch, 3 * self.state_dim, -1)
-        b, c, dt = bcdt.split(self.state_dim, dim=1)  # each (B, N, L); dt already + A
+        bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).flatten(2)
+        b, c, dt = bcdt.split(self.bcdt_split, dim=1)[:3]  # each (B, N, L); dt already + A
         p = dt.softmax(dim=-1) * b
         h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
         h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
