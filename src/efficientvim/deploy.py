@@ -333,18 +333,19 @@ class FusedBlock(nn.Module):
         the 1x1 projections over tokens are convolutions and B, C, dt are (B, N, L)."""
         batch, _, height, width = x.shape
         dim = self.dim
-        x = self.dwconv1(x)
-        # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so h = P n^T takes n in
-        # that form and comes out (B, N, C): the weight maps on h are then one GEMM each
-        n_tokens = F.layer_norm(x.permute(0, 2, 3, 1), (dim,), self.norm_weight, self.norm_bias, self.eps)
+        # LayerNorm runs token-major anyway (ONNX normalises trailing axes), so the token-major copy
+        # of x serves both the norm and the residual sum: ONNX Runtime then reorders the stream once
+        # on the way out of its blocked-channel convolutions and once on the way back in
+        x = self.dwconv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        n_tokens = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).flatten(2)
         b, c, dt = bcdt.split(self.bcdt_split, dim=1)[:3]  # each (B, N, L); dt already + A
         p = dt.softmax(dim=-1) * b
         h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
         h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
         h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
-        x = (x.reshape(batch, dim, -1) + torch.matmul(h.transpose(1, 2), c)).view(batch, dim, height, width)
-        x = self.dwconv2(x)
+        x = x.reshape(batch, -1, dim) + torch.matmul(c.transpose(1, 2), h)  # (B, L, C)
+        x = self.dwconv2(x.view(batch, height, width, dim).permute(0, 3, 1, 2))
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias.view(-1, 1, 1)
