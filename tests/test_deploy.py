@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 import efficientvim
 from conftest import randomize_
+from efficientvim import deploy
 from efficientvim.deploy import SMALL_GEMM_TOKENS, fuse
 
 ALL_VARIANTS = efficientvim.list_models()
@@ -175,3 +177,50 @@ def test_fused_model_uses_weights_loaded_after_it_has_run():
         expected, got = second(x), fused(x)
     assert _relative_error(expected, got) < 1e-4
     assert _relative_error(expected, before) > 1e-2
+
+
+def _tiny_fused() -> tuple[nn.Module, nn.Module]:
+    model = _random_model("efficientvim_m1", embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4),
+                          num_classes=4)
+    return model, fuse(model)
+
+
+@pytest.mark.skipif(not deploy._MKLDNN_PACKED, reason="this PyTorch build has no oneDNN packed convolution")
+def test_batch_one_convolutions_run_on_packed_weights_and_stay_exact():
+    model, fused = _tiny_fused()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    assert _relative_error(expected, got) < 1e-4
+    depthwise = fused.stages[0].blocks[0].dwconv1
+    assert list(depthwise.packed) == [(1, 32, 4, 4)]  # the packed path ran, keyed by the input shape
+
+
+def test_packed_weight_cache_is_bounded_and_never_copied():
+    model, fused = _tiny_fused()
+    with torch.no_grad():
+        for size in range(64, 64 + 16 * (deploy.PACKED_SHAPES + 2), 16):
+            x = torch.randn(1, 3, size, size)
+            assert _relative_error(model(x), fused(x)) < 1e-4
+        caches = [m.packed for m in fused.modules() if isinstance(m, deploy.TokenConv)]
+        assert max(len(c) for c in caches) <= deploy.PACKED_SHAPES
+        # copies and pickles (torch.save of the whole module) start empty and repack on first use
+        clone = copy.deepcopy(fused)
+        buffer = io.BytesIO()
+        torch.save(fused, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        for other in (clone, loaded):
+            assert all(len(m.packed) == 0 for m in other.modules() if isinstance(m, deploy.TokenConv))
+            assert torch.equal(other(x), fused(x))
+
+
+def test_state_channels_are_padded_to_whole_blocks_without_changing_the_output():
+    model, fused = _tiny_fused()
+    block = fused.stages[1].blocks[0]  # state_dim 6: B, C, dt are 18 channels, padded to 32
+    assert block.bcdt_split == (6, 6, 6, 14)
+    assert block.bcdt_proj.weight.shape == (32, 48)
+    assert torch.count_nonzero(block.bcdt_proj.weight[18:]) == 0
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert _relative_error(model(x), fused(x)) < 1e-4
