@@ -16,16 +16,9 @@ efficientvim bench --runtimes eager --models "$OURS,$TIMM,$SHVIT" --batch-size 3
 efficientvim bench --runtimes eager --models "$OURS,$TIMM" --batch-size 1 --no-latency --threads "$THREADS" \
   --repeats 40 --warmup 5 -o "$OUT/eager-b1"
 
-# the same with every peer (the default model list)
-efficientvim bench --runtimes eager --batch-size 32 --threads "$THREADS" --repeats 10 --warmup 3 -o "$OUT/eager-all"
-
 # ONNX Runtime: our exported fused graph against timm's exported models
 efficientvim bench --runtimes onnxruntime --models "$OURS,$TIMM,$SHVIT" --batch-size 32 --threads "$THREADS" \
   --repeats 10 --warmup 3 -o "$OUT/onnxruntime"
-
-# torch.compile (compilation happens during warm-up and takes minutes per model)
-efficientvim bench --runtimes compile --models "efficientvim_m2+fuse,timm:efficientvim_m2" \
-  --batch-size 32 --threads "$THREADS" --repeats 5 --warmup 2 -o "$OUT/compile"
 
 # resolution scaling at batch 1 against SHViT
 efficientvim bench --runtimes eager \
@@ -33,6 +26,13 @@ efficientvim bench --runtimes eager \
   --resolutions 224,384,512,768,1024 --batch-size 1 --no-latency --threads "$THREADS" --repeats 5 --warmup 1 \
   -o "$OUT/resolution"
 
-for run in eager-core eager-b1 eager-all onnxruntime compile resolution; do
+# every peer (the default model list)
+efficientvim bench --runtimes eager --batch-size 32 --threads "$THREADS" --repeats 10 --warmup 3 -o "$OUT/eager-all"
+
+# torch.compile, every variant (compilation happens during warm-up and takes a minute or more per model and batch)
+efficientvim bench --runtimes compile --models "$OURS,$TIMM" --batch-size 32 --threads "$THREADS" \
+  --repeats 5 --warmup 2 -o "$OUT/compile"
+
+for run in eager-core eager-b1 onnxruntime resolution eager-all compile; do
   python benchmarks/summarize.py "$OUT/$run/results.json" > "$OUT/$run/summary.md"
 done
