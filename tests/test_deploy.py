@@ -224,3 +224,13 @@ def test_state_channels_are_padded_to_whole_blocks_without_changing_the_output()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         assert _relative_error(model(x), fused(x)) < 1e-4
+
+
+def test_model_fused_under_inference_mode_runs_and_matches():
+    # its weights are inference tensors, which keep no version counter for the packed-weight cache
+    model = _random_model("efficientvim_m1", embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4),
+                          num_classes=4)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        fused = fuse(model)
+        assert _relative_error(model(x), fused(x)) < 1e-4

@@ -107,7 +107,8 @@ class PackedWeights(dict):
     """
 
     def get_or_pack(self, key, weight: torch.Tensor, pack):
-        stamp = (weight._version, weight.data_ptr())
+        # inference tensors (a model fused under torch.inference_mode) keep no version counter
+        stamp = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
         entry = self.get(key)
         if entry is None or entry[0] != stamp:
             if key not in self and len(self) >= PACKED_SHAPES:

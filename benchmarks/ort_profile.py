@@ -1,0 +1,91 @@
+"""Where ONNX Runtime spends its time on one model: milliseconds per call by operator type.
+
+    python benchmarks/ort_profile.py MODEL [MODEL ...] [--batch-size 32] [--threads 2] [--calls 10]
+
+MODEL is a bench name (efficientvim_m1+fuse, timm:shvit_s1, ...; see ``efficientvim bench``).
+Each model is exported the way ``efficientvim bench --runtimes onnxruntime`` exports it (dynamic
+batch, height and width, opset 17), run at its training resolution with ONNX Runtime's profiler
+on, and the kernel times of the timed calls are summed per operator type. Profiling adds a
+little overhead to every node; compare models within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from efficientvim.bench import build_model, native_resolution
+
+
+def profile(name: str, batch: int, threads: int, calls: int, workdir: Path) -> tuple[float, Counter, Counter]:
+    """(ms per call without the profiler, kernel ms per call by op type, node count by op type)."""
+    model = build_model(name, "onnxruntime")
+    res = native_resolution(name)
+    path = workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
+                          input_names=["images"], dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
+    x = torch.randn(batch, 3, res, res).numpy()
+
+    def session(profiling: bool) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = profiling
+        options.profile_file_prefix = str(workdir / "profile")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    plain = session(False)
+    for _ in range(3):
+        plain.run(None, {"images": x})
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        plain.run(None, {"images": x})
+        times.append(time.perf_counter() - start)
+    profiled = session(True)
+    for _ in range(3 + calls):
+        profiled.run(None, {"images": x})
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    first_timed = runs[3]  # the three warm-up calls are profiled too: leave their nodes out
+    kernel_ms, nodes = Counter(), Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first_timed:
+            kernel_ms[e["args"]["op_name"]] += e["dur"] / 1000 / calls
+            nodes[e["args"]["op_name"]] += 1
+    times.sort()
+    return times[len(times) // 2] * 1000, kernel_ms, Counter({k: v // calls for k, v in nodes.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--top", type=int, default=8, help="op types listed per model")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            ms, kernel_ms, nodes = profile(name, args.batch_size, args.threads, args.calls, Path(tmp))
+            total = sum(kernel_ms.values())
+            print(f"\n{name}: batch {args.batch_size}, {args.threads} threads, {ms:.1f} ms per call "
+                  f"(median of {args.calls}), kernels {total:.1f} ms")
+            for op, t in kernel_ms.most_common(args.top):
+                print(f"  {op:24s} {t:7.2f} ms  {100 * t / total:5.1f}%  {nodes[op]:3d} nodes")
+            rest = total - sum(t for _, t in kernel_ms.most_common(args.top))
+            print(f"  {'other':24s} {rest:7.2f} ms  {100 * rest / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
