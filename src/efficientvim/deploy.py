@@ -303,8 +303,7 @@ class FusedBlock(nn.Module):
             self.ffn_bias = _frozen(b2, dtype)
         self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype)
         self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
-        self.fc2_weight_t = _frozen(w2.t(), dtype)  # (hidden, C): the right operand of addmm
-        self.fc2_weight = _frozen(w2, dtype)  # (C, hidden), for the packed GEMM with few tokens
+        self.fc2_weight = _frozen(w2, dtype)  # (C, hidden)
         self.packed = (PackedWeights(), PackedWeights(), PackedWeights())  # hz_proj, out_proj, fc2
 
     channels_first = False
@@ -332,7 +331,7 @@ class FusedBlock(nn.Module):
             x = x + self.ffn_bias
         if x.numel() <= PACKED_GEMM_TOKENS * dim and _eager():
             return x.add_(_packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
-        x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight_t)
+        x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight.t())
         return x.view(batch, height, width, dim), h
 
     def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
