@@ -11,11 +11,15 @@ also waits for its weights, so these are lower bounds):
 - 1x1 projection: ``F.linear`` against MKL's GEMM on a weight packed once (``mkl._mkl_linear``);
 - HSM-SSD's softmax over the L tokens of a (1, L, N) view: over the strided token axis against
   over the last axis of its transpose.
+
+Then what packing costs in memory: the packed weights a fused M1 holds after one batch-1 call at
+224, and how much its resident memory grew over that call (Linux: read from /proc/self/statm).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -69,6 +73,32 @@ def softmax_rows() -> list[tuple[str, float, float]]:
     return rows
 
 
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def packed_memory() -> str:
+    import efficientvim
+    from efficientvim.deploy import PackedWeights
+
+    fused = efficientvim.fuse(efficientvim.create_model("efficientvim_m1").eval())
+    weights_mb = sum(p.numel() * p.element_size() for p in fused.parameters()) / 2**20
+    before = _resident_mb()
+    with torch.inference_mode():
+        fused(torch.randn(1, 3, 224, 224))
+    grown = _resident_mb() - before
+    caches = [c for m in fused.modules() for c in vars(m).values() for c in (c if isinstance(c, tuple) else (c,))
+              if isinstance(c, PackedWeights)]
+    packed = [w for cache in caches for _stamp, w in cache.values()]
+    dense = [w for w in packed if w.dim() == 2]  # MKL's packed GEMM weights, (size, 1); oneDNN's keep 4 dims
+    dense_mb = sum(w.numel() * w.element_size() for w in dense) / 2**20
+    return (f"fused M1, one batch-1 call at 224: {len(packed)} packed weights ({len(dense)} MKL GEMM weights "
+            f"taking {dense_mb:.0f} MB of address space, the largest {max(w.numel() for w in dense) * 4 / 2**20:.1f} "
+            f"MB, the smallest {min(w.numel() for w in dense) * 4 / 2**20:.1f} MB); resident memory grew by "
+            f"{grown:.0f} MB over the call; the fused weights take {weights_mb:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -80,6 +110,8 @@ def main() -> None:
     with torch.inference_mode():
         for label, plain, fast in depthwise_rows() + linear_rows() + softmax_rows():
             print(f"| {label:44s} | {plain:8.1f} | {fast:8.1f} | {plain / fast:4.2f}x |")
+    if os.path.exists("/proc/self/statm"):
+        print("\n" + packed_memory())
 
 
 if __name__ == "__main__":

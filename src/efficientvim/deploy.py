@@ -542,7 +542,7 @@ def fuse(
 
     On CPU in float32, the first eager call with a new batch-1-sized input shape packs the weights
     it needs (see :class:`PackedWeights`); for M1 at 224 that took about 43 MB of resident memory
-    on top of the 30 MB of weights. Later calls of that shape reuse them.
+    on top of the 25 MB of weights (``benchmarks/kernels.py``). Later calls of that shape reuse them.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
