@@ -76,7 +76,7 @@ def test_resolution_plot_needs_more_than_one_resolution(tmp_path):
         (["bench", "--models", "efficientvim_m1", "--runtimes", "tensorrt"], "unknown runtime 'tensorrt'"),
         pytest.param(["bench", "--models", "efficientvim_m1", "--device", "cuda:0"], "no GPU",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
-        (["bench", "--models", "efficientvim_m1", "--repeats", "0"], "must be positive"),
+        (["bench", "--models", "efficientvim_m1", "--repeats", "0"], "--repeats: must be at least 1, got 0"),
     ],
 )
 def test_bench_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path, capsys, argv, message):

@@ -184,7 +184,7 @@ def test_bad_input_is_one_line(coco_root, mask_root, tmp_path, capsys):
     assert code == 2 and "have no PNG mask of the same name" in err and len(err.strip().splitlines()) == 1
 
     code, _, err = _run(capsys, "train", "--task", "segmentation", "--img-size", "32")
-    assert code == 2 and "--img-size must be at least 64" in err
+    assert code == 2 and "--img-size: must be at least 64" in err
     code, _, err = _run(capsys, "train", "--task", "segmentation", "--arch", "fcos")
     assert code == 2 and "--arch fcos does not do segmentation" in err
     code, _, err = _run(capsys, "train", "--arch", "fcos")

@@ -10,7 +10,8 @@ from torch import nn
 
 import efficientvim
 from conftest import randomize_
-from efficientvim.predict import expand_inputs, load_image, make_transform, min_image_side, set_input_size
+from efficientvim.images import load_image
+from efficientvim.predict import expand_inputs, make_transform, min_image_side, set_input_size
 from efficientvim.summary import forward_memory, model_summary
 from efficientvim.viz import effective_tokens, hidden_state_maps, state_report
 

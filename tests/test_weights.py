@@ -138,13 +138,32 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
-def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    path.write_bytes(pickle.dumps({"model": _Exploit(str(marker))}))
-    with pytest.raises(ev.CheckpointError, match="evil.pth holds Python objects besides tensors, which would run code"):
+    payload = {"model": _Exploit(str(marker))}
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    with pytest.raises(ev.CheckpointError, match=r"evil.pth was refused: it contains code that would run when "
+                       r"loaded \((io|_io|builtins)\.open\)"):
         ev.create_model("efficientvim_m1", checkpoint=path)
     assert not marker.exists()
+
+
+def test_a_folder_given_as_checkpoint_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ev.CheckpointError, match="is a folder: pass the weights file inside it"):
+        ev.create_model("efficientvim_m1", checkpoint=tmp_path)
+
+
+def test_a_damaged_torch_file_is_called_damaged_not_code(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save({"model": ev.create_model("efficientvim_m1", **TINY).state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(ev.CheckpointError, match="cut.pth is truncated or damaged"):
+        ev.create_model("efficientvim_m1", checkpoint=path)
 
 
 def test_missing_checkpoint_and_missing_envelope_key(tmp_path):

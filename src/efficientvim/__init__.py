@@ -5,25 +5,46 @@ Quick use::
     import efficientvim
     model = efficientvim.create_model("efficientvim_m2", checkpoint="EfficientViM_M2_e450.pth").eval()
     y, h = efficientvim.HSMSSD(dim=64, state_dim=16)(torch.randn(1, 64, 17, 23))
+
+Names are imported on first use: ``import efficientvim`` costs nothing until a model is needed,
+so the command line answers ``--help`` and the ONNX predictor runs without loading torch.
 """
 
-from .deploy import fuse
-from .errors import CheckpointError, EfficientViMError, ImageFileError, InputSizeError, UnknownModelError
-from .flops import count_flops
-from .hsm_ssd import HSMSSD
-from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures
-from .registry import create_model, list_models, load_model, model_config
-from .weights import Checkpoint, save_weights
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+_SOURCES = {
+    "fuse": "deploy",
+    "CheckpointError": "errors",
+    "EfficientViMError": "errors",
+    "ImageFileError": "errors",
+    "InputSizeError": "errors",
+    "UnknownModelError": "errors",
+    "count_flops": "flops",
+    "HSMSSD": "hsm_ssd",
+    "EfficientViM": "model",
+    "EfficientViMBlock": "model",
+    "EfficientViMFeatures": "model",
+    "create_model": "registry",
+    "list_models": "registry",
+    "load_model": "registry",
+    "model_config": "registry",
+    "Checkpoint": "weights",
+    "save_weights": "weights",
+}
 __all__ = [
-    "HSMSSD",
     "Checkpoint",
     "CheckpointError",
     "EfficientViM",
     "EfficientViMBlock",
     "EfficientViMError",
     "EfficientViMFeatures",
+    "HSMSSD",
     "ImageFileError",
     "InputSizeError",
     "UnknownModelError",
@@ -35,3 +56,15 @@ __all__ = [
     "model_config",
     "save_weights",
 ]
+
+if TYPE_CHECKING:
+    from .deploy import fuse
+    from .errors import CheckpointError, EfficientViMError, ImageFileError, InputSizeError, UnknownModelError
+    from .flops import count_flops
+    from .hsm_ssd import HSMSSD
+    from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures
+    from .registry import create_model, list_models, load_model, model_config
+    from .weights import Checkpoint, save_weights
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES)

@@ -1,8 +1,8 @@
 """Image classification datasets for training and evaluation.
 
-* ``ImageFiles``: an ImageFolder (one sub-folder per class) or a tar of one, read through timm's
-  folder/tar reader. An unreadable image is named and skipped with a warning, or is fatal in
-  strict mode.
+* ``ImageFiles``: an ImageFolder (one sub-folder per class) or a tar of one; every format Pillow
+  reads, through the package's one image reader. Files that are not images are listed with the
+  reason; an unreadable image is named and skipped with a warning, or is fatal in strict mode.
 * ``DigitsDataset``: the 1,797 handwritten 8x8 digit scans that ship with scikit-learn, with a
   fixed stratified train/val split (1,437 / 360), so training runs with no download at all.
 * ``build_datasets`` picks one of those, or any other format timm's ``create_dataset`` reads
@@ -19,7 +19,8 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DataError
+from .errors import DataError, ImageFileError
+from .images import is_image_name, read_image
 
 TRAIN_SPLITS = ("train",)
 VAL_SPLITS = ("val", "validation")
@@ -29,8 +30,24 @@ DIGITS_SPLIT_SEED = 0
 MAX_CONSECUTIVE_SKIPS = 10
 
 
+def _skip_reason(name: str) -> str | None:
+    """Why a file of a class folder is not used as an image, or None when it is."""
+    base = Path(name).name
+    if base.startswith("."):
+        return "hidden file"
+    if not is_image_name(base):
+        suffix = Path(base).suffix
+        return f"{suffix} is not an image format Pillow reads" if suffix else "no file suffix"
+    return None
+
+
 class ImageFiles(Dataset):
-    """Images and class indices from a class-folder tree (or a tar of one); PIL RGB images in, ``transform`` out."""
+    """Images and class indices from a class-folder tree (or a tar of one): ``root/<class>/**/<image>``.
+
+    Every file whose suffix is a format Pillow opens is used and read by :func:`images.read_image`;
+    other files are listed in ``skipped`` with the reason. ``counts`` holds the images per class. A
+    file that fails to decode is named and skipped with a warning, or is fatal in strict mode.
+    """
 
     def __init__(
         self,
@@ -39,46 +56,115 @@ class ImageFiles(Dataset):
         transform: Callable | None = None,
         strict: bool = False,
     ) -> None:
-        from timm.data.readers import create_reader
-
         self.root = Path(root)
-        self.reader = create_reader("", root=str(root), class_map=class_to_idx or "")
-        if len(self.reader) == 0:
-            raise DataError(f"no images found under {root}: expected one sub-folder of images per class")
-        # the folder reader calls its class map class_to_idx, the tar reader class_name_to_idx
-        self.class_to_idx = dict(getattr(self.reader, "class_to_idx", None) or self.reader.class_name_to_idx)
-        self.class_names = sorted(self.class_to_idx, key=self.class_to_idx.get)
         self.transform = transform
         self.strict = strict
+        self.skipped: list[tuple[str, str]] = []  # (file relative to root, why it is not used)
+        files = self._scan_tar() if self.root.is_file() else self._scan_folder()
+        classes = sorted({c for _, c in files} | set(self._folders))
+        if class_to_idx is None:
+            class_to_idx = {c: i for i, c in enumerate(classes)}
+        self.class_to_idx = dict(class_to_idx)
+        self.class_names = sorted(self.class_to_idx, key=self.class_to_idx.get)
+        self.samples = [(name, self.class_to_idx[c]) for name, c in files if c in self.class_to_idx]
+        self.counts = {c: 0 for c in self.class_names}
+        for _, c in files:
+            if c in self.counts:
+                self.counts[c] += 1
+        if not self.samples:
+            why = f" ({len(self.skipped)} other files skipped, e.g. {self.skipped[0][0]}: {self.skipped[0][1]})" \
+                if self.skipped else ""
+            raise DataError(f"no images found under {root}{why}: expected one sub-folder of images per class")
+        self._tar = None
+
+    def _scan_folder(self) -> list[tuple[str, str]]:
+        if not self.root.is_dir():
+            raise DataError(f"{self.root} is not a folder or a tar file")
+        self._folders = class_folders(self.root)
+        files = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_file() and not entry.name.startswith("."):
+                self.skipped.append((entry.name, "not inside a class folder"))
+        for c in self._folders:
+            for path in sorted((self.root / c).rglob("*")):
+                if not path.is_file():
+                    continue
+                name = path.relative_to(self.root).as_posix()
+                reason = _skip_reason(name)
+                if reason is None:
+                    files.append((name, c))
+                else:
+                    self.skipped.append((name, reason))
+        return files
+
+    def _scan_tar(self) -> list[tuple[str, str]]:
+        # as timm's tar reader: an image's class is the name of the folder that holds it
+        import tarfile
+
+        try:
+            with tarfile.open(self.root) as tf:
+                members = [m.name for m in tf.getmembers() if m.isfile()]
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"{self.root} is not a readable tar file ({e}): pass a folder or a tar of one") from None
+        files = []
+        for name in sorted(members):
+            parent = Path(name).parent.name
+            reason = _skip_reason(name) or (None if parent else "not inside a class folder")
+            if reason is None:
+                files.append((name, parent))
+            else:
+                self.skipped.append((name, reason))
+        self._folders = []
+        return files
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.samples)
 
     def filename(self, index: int) -> str:
-        return str(self.root / self.reader.filename(index))
+        return str(self.root / self.samples[index][0])
 
-    def _load(self, index: int) -> tuple[Image.Image, int]:
-        fileobj, target = self.reader[index]
-        with fileobj, Image.open(fileobj) as img:
-            return img.convert("RGB"), target  # convert() decodes, so truncated files fail here
+    def _read(self, index: int):
+        name, target = self.samples[index]
+        if not self.root.is_file():
+            return read_image(self.root / name), target
+        import tarfile
+
+        if self._tar is None or self._tar[0] != os.getpid():  # one open tar per loader process
+            self._tar = (os.getpid(), tarfile.open(self.root))  # noqa: SIM115 (kept open for the next reads)
+        return read_image(self._tar[1].extractfile(name).read(), self.filename(index)), target
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tar": None}
 
     def __getitem__(self, index: int):
         for attempt in range(MAX_CONSECUTIVE_SKIPS):
             i = (index + attempt) % len(self)
             try:
-                img, target = self._load(i)
+                img, target = self._read(i)
                 break
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            except ImageFileError as e:
                 if self.strict:
-                    raise DataError(f"unreadable image {self.filename(i)} ({reason}); remove or replace it") from None
-                warnings.warn(f"skipped unreadable image {self.filename(i)} ({reason})", stacklevel=2)
+                    raise DataError(f"unreadable image {e} (--strict-data: remove or replace it)") from None
+                warnings.warn(f"skipped unreadable image {e}", stacklevel=2)
         else:
             raise DataError(
                 f"{MAX_CONSECUTIVE_SKIPS} consecutive unreadable images from {self.filename(index)} on: "
                 "is the folder intact?"
             )
         return (self.transform(img) if self.transform else img), target
+
+    def describe(self, split: str, limit: int = 12) -> list[str]:
+        """Lines saying what was found (images per class) and which files were skipped and why."""
+        counts = self.counts
+        per_class = ", ".join(f"{c} {n}" for c, n in list(counts.items())[:limit])
+        if len(counts) > limit:
+            per_class += f", ... ({min(counts.values())}-{max(counts.values())} per class)"
+        lines = [f"{split}: {len(self)} images in {len(counts)} classes ({per_class})"]
+        if self.skipped:
+            shown = "; ".join(f"{n} ({why})" for n, why in self.skipped[:5])
+            more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            lines.append(f"{split}: skipped {len(self.skipped)} files: {shown}{more}")
+        return lines
 
 
 class DigitsDataset(Dataset):
@@ -184,7 +270,27 @@ def build_datasets(
     val = ImageFiles(val_dir, order, val_transform, strict)
     if train is not None:
         check_same_classes(train.class_names, val.class_names)
+        check_trainable(train, train_dir)
+        empty = [c for c, n in val.counts.items() if n == 0]
+        if empty:
+            warnings.warn(f"{len(empty)} class folders of {val_dir} hold no images ({', '.join(empty[:5])}): "
+                          "their accuracy is not measured", stacklevel=2)
     return train, val, (train or val).class_names
+
+
+def check_trainable(train: ImageFiles, train_dir: Path) -> None:
+    """Refuse a training split with an empty class folder or a single class (a run that would mean nothing)."""
+    empty = [c for c, n in train.counts.items() if n == 0]
+    if empty:
+        raise DataError(
+            f"class folder {train_dir / empty[0]} holds no images"
+            + (f" (and {len(empty) - 1} more empty classes)" if len(empty) > 1 else "")
+            + ": add images or remove the folder"
+        )
+    if len(train.class_names) < 2:
+        raise DataError(
+            f"{train_dir} holds a single class ({train.class_names[0]}): a classifier needs two or more class folders"
+        )
 
 
 def _timm_datasets(data, dataset, train_transform, val_transform, need_train):

@@ -29,3 +29,7 @@ class InputSizeError(EfficientViMError, ValueError):
 
 class ImageFileError(EfficientViMError, ValueError):
     """An image file that cannot be read: not an image, truncated or corrupt."""
+
+
+class ExportError(EfficientViMError):
+    """An export that could not be written or does not reproduce the PyTorch model, or a file that is not one."""

@@ -1,9 +1,11 @@
-"""Export to ONNX and TorchScript, each checked against PyTorch, and an ONNX Runtime predictor.
+"""Export to ONNX and TorchScript, each checked against PyTorch.
 
 Both exports trace the fused inference graph (:func:`efficientvim.fuse`) with dynamic batch,
 height and width, then run the written file on a square and a non-square batch and compare it
 with the original model before reporting success. Preprocessing (input size, mean, std, crop,
-interpolation) and class names travel inside the file, so :class:`OnnxPredictor` needs nothing else.
+interpolation) and class names (ImageNet's for a 1000-class model without its own, as the command
+line shows them) travel inside the file, so :class:`efficientvim.onnx_predictor.OnnxPredictor`
+needs nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from torch import nn
 
 from .deploy import FusedEfficientViM, FusedEfficientViMFeatures, fuse
-from .errors import EfficientViMError
+from .errors import ExportError, InputSizeError
+from .predict import class_names
 
 EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
 MIN_OPSET = 17
@@ -27,13 +30,11 @@ EXPORT_LAYOUT = "channels_first"  # ONNX has no strided views: NCHW avoids a tra
 METADATA_KEYS = ("model_name", "input_size", "mean", "std", "crop_pct", "interpolation", "label_names")
 
 
-class ExportError(EfficientViMError):
-    """An export that could not be written or does not reproduce the PyTorch model."""
-
-
 def _metadata(model: nn.Module) -> dict[str, str]:
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     cfg["model_name"] = getattr(model, "model_name", type(model).__name__)
+    if getattr(model, "num_classes", 0):
+        cfg["label_names"] = class_names(model)
     return {k: json.dumps(cfg.get(k)) for k in METADATA_KEYS}
 
 
@@ -42,6 +43,10 @@ def _check_sizes(model: nn.Module, img_size: int | None) -> list[tuple[int, int,
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = img_size or cfg.get("input_size", (3, 224, 224))[-1]
     stride = model.total_stride
+    if size < stride:
+        raise InputSizeError(
+            f"image size {size} is smaller than the network's total stride {stride}: use {stride} or more"
+        )
     size = max(stride, size // stride * stride)
     return [(1, size, size), (2, size, size + stride)]
 
@@ -139,77 +144,3 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int 
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
         loaded = torch.jit.load(str(path))
     return _verify(reference, lambda x: _outputs(loaded(x)), sizes, f"TorchScript export {path}")
-
-
-class OnnxPredictor:
-    """Classify images with an exported EfficientViM in ONNX Runtime; no PyTorch needed.
-
-    Preprocessing follows the metadata stored at export: resize the shorter side to
-    size / crop_pct, centre-crop to size, scale to [0, 1], normalise with mean and std.
-
-    Args:
-        path: an ONNX file written by :func:`export_onnx` (a classifier).
-        threads: intra-op threads for ONNX Runtime; default: its own choice.
-    """
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        import onnx
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX file {path} not found")
-        meta = {p.key: json.loads(p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        if meta.get("input_size") is None:
-            raise ExportError(f"{path} carries no EfficientViM preprocessing metadata: export it with export_onnx")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        if [o.name for o in self.session.get_outputs()] != ["logits"]:
-            raise ExportError(f"{path} is a feature extractor, not a classifier: run its session directly")
-        self.model_name = meta["model_name"]
-        self.input_size = tuple(meta["input_size"])
-        self.mean = np.asarray(meta["mean"], dtype=np.float32).reshape(-1, 1, 1)
-        self.std = np.asarray(meta["std"], dtype=np.float32).reshape(-1, 1, 1)
-        self.crop_pct = meta["crop_pct"] or 1.0
-        self.interpolation = meta["interpolation"] or "bicubic"
-        self.label_names = meta.get("label_names")
-
-    def preprocess(self, image) -> np.ndarray:
-        """One PIL image or HWC uint8 array -> a normalised (C, H, W) float32 array."""
-        from PIL import Image
-
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3):
-                raise ValueError(f"expected an HxW or HxWxC uint8 array, got {image.dtype} of shape {image.shape}")
-            image = Image.fromarray(image)
-        channels, size = self.input_size[0], self.input_size[1:]
-        image = image.convert("RGB" if channels == 3 else "L")
-        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(self.interpolation, Image.BICUBIC)
-        # shorter side to size / crop_pct, then a centred crop: the arithmetic of torchvision's Resize/CenterCrop
-        short = int(size[0] / self.crop_pct)
-        if image.width <= image.height:
-            new = (short, int(short * image.height / image.width))
-        else:
-            new = (int(short * image.width / image.height), short)
-        image = image.resize(new, resample)
-        top, left = int(round((image.height - size[0]) / 2.0)), int(round((image.width - size[1]) / 2.0))
-        image = image.crop((left, top, left + size[1], top + size[0]))
-        x = np.asarray(image, dtype=np.float32).reshape(size[0], size[1], channels).transpose(2, 0, 1) / 255.0
-        return (x - self.mean) / self.std
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw logits of a preprocessed (B, C, H, W) float32 batch."""
-        return self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-    def predict(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``top_k`` (label, probability) pairs of each image (PIL images or uint8 arrays)."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        logits = self.logits(np.stack([self.preprocess(im) for im in images]))
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        order = np.argsort(-probs, axis=1)[:, :top_k]
-        names = self.label_names or [str(i) for i in range(probs.shape[1])]
-        return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

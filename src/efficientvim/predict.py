@@ -1,7 +1,6 @@
 """Classify image files: read any image, apply the model's own preprocessing, return the top-k classes.
 
-Images of any mode are read as RGB the way a person would see them: EXIF rotation applied,
-transparency composited over white, 16-bit and float images rescaled (not clipped) to 8 bits.
+Files are read by :mod:`efficientvim.images`, the reader training and evaluation use too.
 Preprocessing is the model's own (``timm.data.resolve_model_data_config`` on its
 ``pretrained_cfg``: resize, centre crop, mean/std), so a checkpoint saved with other
 preprocessing is used as it was trained.
@@ -21,16 +20,13 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
-from .errors import ImageFileError, InputSizeError
+from .errors import InputSizeError
+from .images import is_image_name, load_image
 from .model import STEM_STRIDE
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
-_HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -39,9 +35,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if is_image_name(p) and p.is_file())
             if not found:
-                raise FileNotFoundError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise FileNotFoundError(f"folder {path} holds no image files Pillow reads")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)
@@ -70,42 +66,6 @@ def set_input_size(model: nn.Module, size: int) -> None:
         )
     cfg = model.pretrained_cfg
     cfg["input_size"] = (cfg["input_size"][0], size, size)
-
-
-def load_image(path: str | os.PathLike, min_side: int = 1) -> Image.Image:
-    """Read an image file as an upright RGB image, or raise ImageFileError / InputSizeError naming it."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not inside the transform
-            image = _to_rgb(ImageOps.exif_transpose(im))
-    except UnidentifiedImageError:
-        raise ImageFileError(
-            f"{path} is not an image Pillow can read: pass JPEG, PNG, WebP, TIFF, BMP or GIF files"
-        ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImageFileError(f"{path} could not be decoded ({reason}): the file is truncated or corrupt") from None
-    if min(image.size) < min_side:
-        raise InputSizeError(
-            f"{path} is {image.width}x{image.height} pixels, too small: the model needs a shorter side of "
-            f"at least {min_side} px (one pixel per first-stage token); use a larger image"
-        )
-    return image
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in _HIGH_DEPTH_MODES:
-        # Pillow's convert clips 16-bit values at 255; rescale 0..65535 (or a float image in 0..1) instead
-        arr = np.asarray(im, dtype=np.float64)
-        unit = im.mode == "F" and arr.max(initial=0.0) <= 1.0
-        arr = arr * 255.0 if unit else arr if im.mode == "F" else arr / 257.0
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 def make_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from .errors import CheckpointError, UnknownModelError
 from .model import EfficientViM, EfficientViMFeatures
-from .weights import Checkpoint, load_into
+from .weights import STAGE_LAYOUT, Checkpoint, load_into
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,7 +108,7 @@ def download_pretrained(name: str, tag: str | None) -> str:
         why = "offline mode (HF_HUB_OFFLINE) is set" if offline else f"the download failed: {type(e).__name__}"
         raise CheckpointError(
             f"no cached weights for {repo} and {why}; fetch https://huggingface.co/{repo}/resolve/main/"
-            "model.safetensors on a machine with internet and pass checkpoint=PATH"
+            "model.safetensors on a machine with internet and pass it as checkpoint=PATH (--checkpoint PATH)"
         ) from None
 
 
@@ -144,7 +144,8 @@ def create_model(
     cfg = model_config(base)
     img_size = overrides.pop("img_size", cfg["img_size"])
     arch = dict(embed_dim=cfg["embed_dim"], depths=cfg["depths"], state_dim=cfg["state_dim"])
-    arch.update({k: overrides.pop(k) for k in list(overrides) if k in arch})
+    overridden = {k: tuple(overrides.pop(k)) for k in list(overrides) if k in arch}
+    arch.update(overridden)
 
     ckpt = None
     if isinstance(checkpoint, Checkpoint):
@@ -157,6 +158,8 @@ def create_model(
         saved_arch = ckpt.metadata.get("architecture")
         if saved_arch and saved_arch != base and not features_only:
             raise CheckpointError(f"checkpoint {ckpt.path} holds {saved_arch}, not {base}: use that model name")
+        if saved_arch in (None, base):
+            _layout_from_checkpoint(arch, ckpt, given=overridden)
 
     if features_only:
         model = EfficientViMFeatures(in_chans=in_chans, drop_path_rate=drop_path_rate, **arch, **overrides)
@@ -178,6 +181,22 @@ def create_model(
         load_into(model, ckpt, drop_heads=reset_heads)
         _apply_metadata(model, ckpt.metadata, keep_labels=not reset_heads)
     return model
+
+
+def _layout_from_checkpoint(arch: dict, ckpt: Checkpoint, given: dict) -> None:
+    """Take the stage layout a ``save_weights`` file records (a narrowed or deepened variant), unless the
+    caller set it; a caller's layout that contradicts the file is refused, naming both."""
+    for key in STAGE_LAYOUT:
+        saved = ckpt.metadata.get(key)
+        if not saved:
+            continue
+        saved = tuple(saved)
+        if key in given and given[key] != saved:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} holds {ckpt.metadata.get('architecture')} with {key} {saved}, "
+                f"not {given[key]}: drop the {key} override"
+            )
+        arch[key] = saved
 
 
 def _apply_metadata(model: nn.Module, meta: dict, keep_labels: bool) -> None:
@@ -203,7 +222,4 @@ def load_model(path: str | os.PathLike | Checkpoint, **kwargs) -> nn.Module:
             f"checkpoint {ckpt.path} does not name its architecture: use create_model(NAME, checkpoint=...)"
         )
     kwargs.setdefault("in_chans", ckpt.metadata.get("in_chans", 3))
-    for key in ("embed_dim", "depths", "state_dim"):
-        if ckpt.metadata.get(key):
-            kwargs.setdefault(key, tuple(ckpt.metadata[key]))
     return create_model(arch, checkpoint=ckpt, **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +30,7 @@ FORMAT_NAME = "efficientvim"
 ENVELOPE_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
 HEAD_PREFIXES = ("heads.", "heads_dist.")
 HEAD_KEYS = ("weights", "weights_dist")
+STAGE_LAYOUT = ("embed_dim", "depths", "state_dim")  # constructor arguments save_weights records
 
 
 class Checkpoint:
@@ -41,6 +43,8 @@ class Checkpoint:
 
     def _read(self, key: str | None) -> dict[str, torch.Tensor]:
         path = self.path
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a folder: pass the weights file inside it")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} not found: check the path")
         with open(path, "rb") as f:
@@ -59,9 +63,11 @@ class Checkpoint:
                 self.metadata = {k: json.loads(v) for k, v in meta.items() if k != "format"}
             return state
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols; refusals are explained below
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for truncated or hostile pickles
-            raise CheckpointError(f"checkpoint {path} {_why_unreadable(head, e)}") from None
+            raise CheckpointError(f"checkpoint {path} {_why_unreadable(path, head, e)}") from None
         return self._unwrap(obj, key)
 
     def _unwrap(self, obj: object, key: str | None) -> dict[str, torch.Tensor]:
@@ -103,18 +109,55 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return len(head) > 9 and head[8:9] == b"{"
 
 
-def _why_unreadable(head: bytes, error: BaseException) -> str:
+def _why_unreadable(path: Path, head: bytes, error: BaseException) -> str:
     """Say in words why ``torch.load(weights_only=True)`` refused a file starting with ``head``."""
-    text = str(error)
     is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head.startswith(b"\x80")
     if not (is_zip or is_pickle):
         return "is not a PyTorch or safetensors file: pass a .pth/.pt/.bin state dict or a .safetensors file"
-    if "Unsupported global" in text or "Unsupported operand" in text or "not an allowed global" in text:
+    foreign = _foreign_globals(path, is_zip)
+    if foreign:
         return (
-            "holds Python objects besides tensors, which would run code when loaded, so it was not loaded; "
-            "re-save its state dict (torch.save(model.state_dict(), path)) or use safetensors"
+            f"was refused: it contains code that would run when loaded ({', '.join(foreign[:3])}); "
+            "only tensors and plain containers are read. Re-save its state dict "
+            "(torch.save(model.state_dict(), path)) or use safetensors"
         )
-    return "is truncated or damaged and cannot be read: download or save it again"
+    if foreign is None:
+        return "is truncated or damaged and cannot be read: download or save it again"
+    return (
+        f"holds data torch.load(weights_only=True) cannot read ({_short(error).split('. ')[0]}): re-save it "
+        "with torch.save(model.state_dict(), path) or as safetensors"
+    )
+
+
+# what a state-dict pickle legitimately names to rebuild tensors and containers
+_SAFE_PICKLE_MODULES = ("torch", "collections", "_codecs", "numpy")
+_SAFE_BUILTINS = ("builtins.set", "builtins.frozenset", "builtins.slice", "builtins.complex", "builtins.bytearray")
+
+
+def _foreign_globals(path: Path, is_zip: bool) -> list[str] | None:
+    """Callables outside torch/collections that the pickle in ``path`` would import, read from its opcodes
+    without executing any; None when the pickle cannot be parsed (truncated or damaged)."""
+    import pickletools
+    import zipfile
+
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                data = z.read(name)
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (StopIteration, zipfile.BadZipFile, ValueError, OSError, KeyError):
+        return None
+    return [g for g in dict.fromkeys(found) if g.split(".")[0] not in _SAFE_PICKLE_MODULES and g not in _SAFE_BUILTINS]
 
 
 def _short(e: BaseException) -> str:
@@ -185,7 +228,11 @@ def load_into(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
         arch = ckpt.metadata.get("architecture")
-        hint = f"; the file says it holds {arch}" if arch else "; is it for another EfficientViM variant?"
+        hint = "; is it for another EfficientViM variant?"
+        if arch:
+            layout = [f"{k} {tuple(ckpt.metadata[k])}" for k in STAGE_LAYOUT
+                      if ckpt.metadata.get(k) and tuple(ckpt.metadata[k]) != tuple(getattr(model, k, ()))]
+            hint = f"; the file holds {arch}" + (f" with {', '.join(layout)}" if layout else "")
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model: {'; '.join(parts)}{hint}")
     model.load_state_dict(state, strict=not drop_heads and hasattr(model, "heads"))
 
@@ -219,7 +266,7 @@ def save_weights(
         "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
         "class_names": list(names) if names is not None else None,
         # the stage layout, so load_model also rebuilds models made with overrides of a registered variant
-        **{k: list(getattr(model, k)) for k in ("embed_dim", "depths", "state_dim") if hasattr(model, k)},
+        **{k: list(getattr(model, k)) for k in STAGE_LAYOUT if hasattr(model, k)},
         **extra,
     }
     if meta["architecture"] is None:

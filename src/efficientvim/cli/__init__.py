@@ -1,13 +1,16 @@
 """The ``efficientvim`` command: one entry point, one module per subcommand.
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` to the function that runs it. User mistakes raise :class:`EfficientViMError` (or
-``FileNotFoundError``) and are printed as one line with exit code 2; ``--debug`` shows the traceback.
+``func`` to the function that runs it. Parsing imports neither torch nor timm (``--help`` and
+argument errors answer at once); a subcommand imports what it needs when it runs. User mistakes
+(argument errors, :class:`EfficientViMError`, missing or unwritable files) are printed as one line
+with exit code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -19,10 +22,18 @@ from ..errors import EfficientViMError
 COMMANDS = ("models", "info", "predict", "visualize", "train", "eval", "export", "bench")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with argument errors as one line on stderr (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="efficientvim", description="EfficientViM: models, weights, training, inference and export."
-    )
+    from .. import __version__
+
+    parser = Parser(prog="efficientvim", description="EfficientViM: models, weights, training, inference and export.")
+    parser.add_argument("--version", action="version", version=f"efficientvim {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -33,13 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and argument errors (already printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         result = args.func(args)
-    except (EfficientViMError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        if args.debug:
+    except (EfficientViMError, OSError) as e:
+        if args.debug or not _is_user_mistake(e):
             raise
-        print(f"efficientvim {args.command}: error: {e}", file=sys.stderr)
+        print(f"efficientvim {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -49,3 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (must stay open until exit)
         return 141
     return int(result or 0)
+
+
+def _is_user_mistake(e: BaseException) -> bool:
+    # wrong, unreadable or unwritable paths; a full disk; not other operating-system failures
+    return isinstance(e, EfficientViMError | FileNotFoundError | IsADirectoryError | NotADirectoryError |
+                      PermissionError | FileExistsError) or getattr(e, "errno", None) in (errno.ENOSPC, errno.EROFS)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line. An error raised in a DataLoader worker arrives wrapped in the
+    worker's traceback; its own message is the last line."""
+    text = str(e).strip()
+    if "Traceback (most recent call last)" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    if isinstance(e, OSError) and e.filename is not None and not isinstance(e, EfficientViMError):
+        text = f"{e.strerror or text}: {e.filename}"
+    return " ".join(text.split())

@@ -8,19 +8,7 @@ import json
 import platform
 from pathlib import Path
 
-import torch
-
-from ..bench import (
-    DEFAULT_MODELS,
-    RUNTIMES,
-    TASKS,
-    BenchmarkError,
-    machine_description,
-    plot_resolution_scaling,
-    plot_speed_accuracy,
-    run_benchmark,
-    write_results,
-)
+from .common import non_negative_int, positive_int, writable_folder
 
 
 def _csv(kind):
@@ -44,30 +32,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Throughput (batch N) and latency (batch 1): warm-up, then the median of interleaved "
         "timed calls. Models: efficientvim_mX, efficientvim_mX+fuse, timm:NAME (pretrained=False, reparameterised).",
     )
-    p.add_argument("--task", choices=(*TASKS, "dense"), default="classification",
+    p.add_argument("--task", choices=("classification", "dense"), default="classification",
                    help="classification, or dense: backbone + FPN latency as in the paper's dense protocol "
                    "(512x512, batch 32 unless --resolutions/--batch-size say otherwise)")
-    p.add_argument("--models", type=_csv(str), default=list(DEFAULT_MODELS), help="comma-separated model names")
-    p.add_argument("--runtimes", type=_csv(str), default=["eager"], help=f"comma-separated: {', '.join(RUNTIMES)}")
+    p.add_argument("--models", type=_csv(str), help="comma-separated model names (default: EfficientViM M1-M4, "
+                   "fused and timm's, and the timm peers)")
+    p.add_argument("--runtimes", type=_csv(str), default=["eager"],
+                   help="comma-separated: eager, compile, onnxruntime")
     p.add_argument("--resolutions", type=_csv(_resolution), default=["native"],
                    help="comma-separated sizes, or 'native' (each model's training size; M4: 256)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch for throughput")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch for throughput")
     p.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (PyTorch intra-op and ONNX Runtime)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (PyTorch intra-op and ONNX Runtime)")
+    p.add_argument("--device",
                    help="cpu, or cuda (fp16 autocast); default: cuda when a GPU is present")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per model and setting")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per model and setting (median reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls per model and setting")
+    p.add_argument("--repeats", type=positive_int, default=10,
+                   help="timed calls per model and setting (median reported)")
     p.add_argument("-o", "--output-dir", default="bench-results", help="folder for results.csv/json and plots")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.repeats < 1 or args.threads < 1 or args.warmup < 0:
-        raise BenchmarkError("--batch-size, --repeats and --threads must be positive, --warmup not negative")
+    writable_folder(args.output_dir)
+    import torch
+
+    from ..bench import DEFAULT_MODELS
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.models is None:
+        args.models = list(DEFAULT_MODELS)
     if args.task == "dense":
         return run_dense(args)
+    from ..bench import machine_description, plot_resolution_scaling, plot_speed_accuracy, run_benchmark, write_results
+
     batches = [args.batch_size] + ([] if args.no_latency or args.batch_size == 1 else [1])
     results = run_benchmark(
         args.models, args.runtimes, args.resolutions, batches, args.threads, args.device, args.warmup,
@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_dense(args: argparse.Namespace) -> int:
     """Backbone (+FPN) latency of our models on CPU, the paper's dense-prediction protocol."""
+    import torch
+
+    from ..bench import DEFAULT_MODELS, BenchmarkError, machine_description
     from ..dense.bench import dense_latency
 
     if args.device != "cpu":

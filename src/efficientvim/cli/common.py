@@ -1,19 +1,79 @@
-"""Arguments and model loading shared by the commands that run a model on images."""
+"""Arguments, argument checks and model loading shared by the subcommands (nothing here imports torch)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-
-from torch import nn
+from pathlib import Path
 
 from ..errors import CheckpointError, EfficientViMError
-from ..registry import create_model, load_model
-from ..weights import Checkpoint
+
+# the total stride of every EfficientViM (stem 16, two stride-2 downsamples): the smallest input side
+MIN_IMG_SIZE = 64
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NAME", help="architecture, e.g. efficientvim_m2 (see `efficientvim models`)")
+def _number(kind: type, text: str, low: float, inclusive: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < low or (value == low and not inclusive) or value != value:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, 1, True, "at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(int, text, 0, True, "0 or more")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(float, text, 0, True, "0 or more")
+
+
+def fraction(text: str) -> float:
+    value = _number(float, text, 0, True, "between 0 and 1")
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def input_size(text: str) -> int:
+    return _number(int, text, MIN_IMG_SIZE, True, f"at least {MIN_IMG_SIZE} (the network's total stride)")
+
+
+def writable_file(path: str | Path) -> Path:
+    """``path`` if a file can be written there (its folder exists and is writable), else a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file name to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {folder} does not exist: create it first")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"cannot write {path}: {folder} is not writable; choose another output path")
+    return path
+
+
+def writable_folder(path: str | Path) -> Path:
+    """``path`` if it is, or can be created as, a writable folder; else a one-line error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder: choose another output folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into {path}: {existing} is not writable; choose another output folder")
+    return path
+
+
+def add_model_args(p: argparse.ArgumentParser, name_option: bool = True) -> None:
+    if name_option:
+        p.add_argument("--model", metavar="NAME", help="architecture, e.g. efficientvim_m2 (see `efficientvim models`)")
     p.add_argument(
         "--checkpoint",
         metavar="PATH",
@@ -21,15 +81,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def model_from_args(args: argparse.Namespace) -> nn.Module:
+def model_from_args(args: argparse.Namespace):
     """The model named by ``--model`` and/or ``--checkpoint``, in eval mode."""
+    from ..registry import create_model, load_model
+    from ..weights import Checkpoint
+
     if args.model is None and args.checkpoint is None:
-        raise EfficientViMError("pass --model NAME, --checkpoint PATH or both (see `efficientvim models`)")
+        raise EfficientViMError("pass a model name, --checkpoint PATH or both (see `efficientvim models`)")
     if args.model is None:
         ckpt = Checkpoint(args.checkpoint)
         if not ckpt.metadata.get("architecture"):
             raise CheckpointError(
-                f"checkpoint {args.checkpoint} does not say which model it holds: pass --model NAME as well"
+                f"checkpoint {args.checkpoint} does not say which model it holds: pass the model name as well"
             )
         return load_model(ckpt).eval()
     return create_model(args.model, checkpoint=args.checkpoint).eval()

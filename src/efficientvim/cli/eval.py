@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .common import input_size, non_negative_int, positive_int
 from .train import DENSE_TASKS
 
 
@@ -20,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "Detection: val/ and annotations/instances_val.json; segmentation: val/images and val/masks")
     p.add_argument("--val-ann", help="detection: the COCO instances JSON of the val images")
     p.add_argument("--dataset", default="", help="a timm create_dataset name read from --data")
-    p.add_argument("--img-size", type=int, help="evaluation resolution (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, help="default 64 (dense tasks: 16)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--img-size", type=input_size, help="evaluation resolution (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=positive_int, help="default 64 (dense tasks: 16)")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     p.add_argument("--amp", action="store_true", help="bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
     p.set_defaults(func=run)

@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..export import MIN_OPSET, export_onnx, export_torchscript
-from ..registry import create_model
+from .common import MIN_IMG_SIZE, input_size, model_from_args, writable_file
+
+MIN_OPSET = 17  # as efficientvim.export.MIN_OPSET (not imported: keeps --help light; a test checks they agree)
+
+
+def _opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"must be {MIN_OPSET} or newer, got {text}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX or TorchScript (dynamic batch, height, width)",
-        description="Fuse a model for inference, export it, and check the file against PyTorch (1e-4).",
+        description="Fuse a model for inference, export it, and check the file against PyTorch (1e-4). "
+        "A file written by training or save_weights names its own architecture: --checkpoint alone is enough.",
     )
-    p.add_argument("model", help="model name, e.g. efficientvim_m2 (see `efficientvim models`)")
+    p.add_argument("model", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim models`); "
+                   "optional with a --checkpoint that names its architecture")
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    p.add_argument("--img-size", type=int, help="trace and check at this size (default: the model's)")
+    p.add_argument("--opset", type=_opset, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--img-size", type=input_size, help=f"trace and check at this size (>= {MIN_IMG_SIZE}; "
+                   "default: the model's)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.model, checkpoint=args.checkpoint).eval()
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"output folder {output.parent} does not exist: create it first")
+    output = writable_file(args.output)
+    model = model_from_args(args)
+    from ..export import export_onnx, export_torchscript
+
     if args.format == "onnx":
         error = export_onnx(model, output, opset=args.opset, img_size=args.img_size)
         what = f"ONNX opset {args.opset}"

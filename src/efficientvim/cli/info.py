@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..predict import set_input_size
-from ..registry import create_model
-from ..summary import model_summary
+from .common import add_model_args, input_size, model_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, FLOPs, stage shapes, hidden-state sizes and forward memory")
-    p.add_argument("name", metavar="NAME", help="model name, e.g. efficientvim_m2 (see `efficientvim models`)")
-    p.add_argument("--img-size", type=int, metavar="N", help="input size N x N (default: the model's own)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim "
+                   "models`); optional with a --checkpoint that names its architecture")
+    add_model_args(p, name_option=False)
+    p.add_argument("--img-size", type=input_size, metavar="N", help="input size N x N (default: the model's own)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     p.set_defaults(func=run)
 
@@ -27,7 +27,12 @@ def _dims(shape: list[int] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.name)
+    from ..predict import set_input_size
+    from ..summary import model_summary
+
+    # the architecture is all info needs: a weights tag (NAME.TAG) downloads nothing
+    args.model = args.name.partition(".")[0] if args.name and args.checkpoint is None else args.name
+    model = model_from_args(args)
     if args.img_size is not None:
         set_input_size(model, args.img_size)
     size = model.pretrained_cfg["input_size"][1]

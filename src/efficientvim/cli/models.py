@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..registry import list_models, model_config
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list model names (and weights tags with --pretrained)")
@@ -15,7 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in list_models(args.pattern, pretrained=args.pretrained):
+    from ..errors import UnknownModelError
+    from ..registry import list_models, model_config
+
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        what = "weights tags" if args.pretrained else "models"
+        raise UnknownModelError(f"no {what} match {args.pattern!r}: `efficientvim models` lists them all")
+    for name in names:
         cfg = model_config(name)
         print(f"{name:34s} res {cfg['img_size']}  published top-1 {cfg['top1']:.1f}")
     return 0

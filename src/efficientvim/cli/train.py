@@ -9,8 +9,10 @@ same command again in the same ``--output`` resumes from its ``last.pt``.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..train.recipes import DEFAULT_RECIPE, ConfigError, TrainConfig, build_config, recipe_names
+from .common import fraction, input_size, non_negative_float, non_negative_int, positive_int, writable_folder
 
 DENSE_TASKS = ("detection", "segmentation")  # as efficientvim.dense.data.TASKS (not imported: keeps --help light)
 # command-line option -> TrainConfig field (the options a run is usually tuned with; YAML has every key)
@@ -21,14 +23,16 @@ OPTIONS = {
     "dataset": (str, "a timm create_dataset name read from --data (torch/cifar10, hfds/NAME, ...)"),
     "model": (str, "model name, e.g. efficientvim_m2 (default efficientvim_m1)"),
     "checkpoint": (str, "initial weights to fine-tune: the authors' .pth, timm's or ours"),
-    "epochs": (int, "cosine epochs (the recipe's cool-down epochs follow)"),
-    "batch_size": (int, "images per process and step"),
-    "accum_steps": (int, "micro-batches per optimiser step (gradient accumulation)"),
-    "img_size": (int, "training and evaluation resolution (at least 64); detection with --data: shorter side "
+    "epochs": (positive_int, "cosine epochs (the recipe's cool-down epochs follow)"),
+    "batch_size": (positive_int, "images per process and step"),
+    "accum_steps": (positive_int, "micro-batches per optimiser step (gradient accumulation)"),
+    "img_size": (input_size, "training and evaluation resolution (at least 64); "
+                 "detection with --data: shorter side "
                  "(default 512); segmentation with --data: training crop (default 512)"),
-    "lr": (float, "peak learning rate (default: the recipe's; for classification scaled by total batch / base batch)"),
-    "drop_path": (float, "stochastic depth rate"),
-    "workers": (int, "data loading processes per training process"),
+    "lr": (non_negative_float, "peak learning rate (default: the recipe's; for classification scaled by total batch / "
+           "base batch)"),
+    "drop_path": (fraction, "stochastic depth rate"),
+    "workers": (non_negative_int, "data loading processes per training process"),
     "output": (str, "run folder: checkpoints, metrics, curves (default runs/digits or runs/train; "
                "dense: runs/digits-TASK or runs/TASK)"),
     "seed": (int, "random seed"),
@@ -111,10 +115,16 @@ def resolve_dense(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    # OpenMP threads sleep instead of spinning between parallel regions: a training run sharing its
+    # cores with another process otherwise slows down many times. Read when torch loads OpenMP, which
+    # parsing has not done yet; a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.task != "classification":
         from ..train.dense import train_dense
 
-        return _exit_code(train_dense(resolve_dense(args)).fit)
+        cfg = resolve_dense(args)
+        writable_folder(cfg.default_output())
+        return _exit_code(train_dense(cfg).fit)
     wrong = _given(args, DENSE_OPTIONS)
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} applies to --task detection|segmentation only")
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    writable_folder(cfg.output)
     from ..train import train
 
     return _exit_code(train(cfg).fit)

@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import EfficientViMError
-from ..predict import load_image, min_image_side, set_input_size
-from ..viz import FIGURE_SIZE_PX, draw, state_report
-from .common import add_model_args, has_random_weights, model_from_args, warn_if_random
+from .common import add_model_args, has_random_weights, input_size, model_from_args, warn_if_random, writable_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="IMAGE", help="an image file")
     add_model_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="where to write the PNG")
-    p.add_argument("--img-size", type=int, metavar="N", help="input size (default: the model's own, e.g. 224)")
+    p.add_argument("--img-size", type=input_size, metavar="N", help="input size (default: the model's own, e.g. 224)")
     p.set_defaults(func=run)
 
 
@@ -27,8 +25,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise EfficientViMError(f"output {out} must end in .png")
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"{args.image} not found: check the path")
+    writable_file(out)
+    from ..images import load_image
+    from ..predict import min_image_side, set_input_size
+    from ..viz import FIGURE_SIZE_PX, draw, state_report
+
+    load_image(args.image)  # a wrong path or a broken file is reported before the model is built
     model = model_from_args(args)
     if args.img_size is not None:
         set_input_size(model, args.img_size)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import build_datasets
 from ..errors import CheckpointError, DataError
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, create_model, load_model
-from ..weights import Checkpoint, save_weights
+from ..weights import STAGE_LAYOUT, Checkpoint, save_weights
 from .engine import (
     Distributed,
     FitResult,
@@ -37,7 +37,6 @@ from .engine import (
 from .recipes import TrainConfig
 
 BEST = "best.safetensors"
-STAGE_LAYOUT = ("embed_dim", "depths", "state_dim")
 FINAL = "last.safetensors"
 
 
@@ -122,6 +121,30 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, d: Distributed)
                       pin_memory=d.device.type == "cuda")
 
 
+def posterize_at_least_one_bit(img, bits_to_keep: int, **kwargs):
+    """timm's posterize with at least one bit kept: its increasing variant asks for 0 bits at magnitude 10,
+    which Pillow 13 refuses (``bits must be between or equal to 1 and 8``); 1 bit is the strongest it means."""
+    from timm.data.auto_augment import posterize
+
+    return posterize(img, max(1, int(bits_to_keep)), **kwargs)
+
+
+def train_transform(cfg: TrainConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+    """The recipe's training augmentation (timm's ``create_transform``), posterize kept to 1 bit or more."""
+    from timm.data import create_transform
+
+    transform = create_transform(
+        cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,
+        auto_augment=cfg.auto_augment, interpolation=cfg.interpolation, mean=mean, std=std,
+        re_prob=cfg.reprob, re_mode=cfg.remode, re_count=1,
+    )
+    for step in getattr(transform, "transforms", ()):
+        for op in getattr(step, "ops", ()):
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = posterize_at_least_one_bit
+    return transform
+
+
 def eval_transform(img_size: int, cfg: dict):
     """Resize, centre crop by ``crop_pct`` and normalise, as the model's preprocessing says."""
     from timm.data import create_transform
@@ -170,7 +193,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int, batches
 
 def train(cfg: TrainConfig, log=print) -> TrainResult:
     """Train (or resume) an EfficientViM classifier as ``cfg`` says; return the best top-1 and a summary."""
-    from timm.data import Mixup, create_transform
+    from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
@@ -185,19 +208,11 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     if cfg.distillation != "none" and not name.endswith("_dist"):
         name += "_dist"  # DeiT distillation trains the second (distillation) MSF head
         say(f"distillation trains the distilled heads: using {name}")
-    model_args = dict(cfg.model_args)
-    if cfg.checkpoint and not model_args:
-        # a checkpoint of a narrowed variant records its stage layout (save_weights metadata)
-        meta = Checkpoint(cfg.checkpoint).metadata
-        model_args = {k: meta[k] for k in STAGE_LAYOUT if meta.get(k)}
+    model_args = dict(cfg.model_args)  # a save_weights checkpoint supplies its own stage layout
 
     # data, normalised with the ImageNet statistics the published weights expect
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    train_tf = create_transform(
-        cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,
-        auto_augment=cfg.auto_augment, interpolation=cfg.interpolation, mean=mean, std=std,
-        re_prob=cfg.reprob, re_mode=cfg.remode, re_count=1,
-    )
+    train_tf = train_transform(cfg, mean, std)
     preprocess = dict(interpolation=cfg.interpolation, mean=mean, std=std, crop_pct=cfg.crop_pct)
     train_ds, val_ds, classes = build_datasets(
         cfg.data, cfg.dataset, train_tf, eval_transform(cfg.img_size, preprocess), strict=cfg.strict_data
@@ -210,6 +225,9 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         )
     source = cfg.data or "the embedded scikit-learn digits"
     say(f"data: {source}: {len(train_ds)} train / {len(val_ds)} val images, {len(classes)} classes")
+    for split, ds in (("train", train_ds), ("val", val_ds)):
+        for line in ds.describe(split) if hasattr(ds, "describe") else ():
+            say("  " + line)
 
     # model
     init = None if resuming else cfg.checkpoint
@@ -271,16 +289,29 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
                 with torch.no_grad():
                     ema_logits = ema.module(x)
                 loss = loss + cfg.mesa * mesa_loss(logits, ema_logits)
+        # training accuracy (against the mixed label's larger part under Mixup), summed on the device
+        labels = target.argmax(dim=-1) if target.dim() == 2 else target
+        train_hits.add_(torch.stack([logits.detach().argmax(dim=-1).eq(labels).sum(), labels.new_tensor(len(y))]))
         return loss, len(y)
+
+    train_hits = torch.zeros(2, dtype=torch.long, device=d.device)  # correct, seen since the last evaluation
+    chance = 100.0 / len(classes)
 
     amp_dtype = amp_dtype_for(d.device, cfg.amp)
 
     def run_eval() -> dict[str, float]:
+        hits = all_reduce_sum(train_hits, d)
+        train_hits.zero_()
         metrics = evaluate(unwrap(model), val_loader, d, amp_dtype)
-        out = {"top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"]}
+        out = {"train_top1": 100.0 * hits[0].item() / max(hits[1].item(), 1), "top1": metrics["top1"],
+               "top5": metrics["top5"], "val_loss": metrics["loss"]}
         if ema is not None:
             metrics = evaluate(ema.module, val_loader, d, amp_dtype)
             out.update(ema_top1=metrics["top1"], ema_top5=metrics["top5"], ema_val_loss=metrics["loss"])
+        val_top1 = max(out["top1"], out.get("ema_top1", -1.0))
+        if hits[1] > 0 and val_top1 <= 1.5 * chance and out["train_top1"] >= min(2 * chance + 10, 90):
+            say(f"warning: val top-1 {val_top1:.1f}% is near chance ({chance:.1f}%) while train top-1 is "
+                f"{out['train_top1']:.1f}%: the model does not generalise to val/ (are train/ and val/ alike?)")
         return out
 
     def better_weights(metrics: dict[str, float]) -> tuple[nn.Module, str]:

@@ -26,11 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CheckpointError, DataError, EfficientViMError
-from ..weights import Checkpoint
+from ..weights import STAGE_LAYOUT, Checkpoint
 from .engine import FitResult, Loop, ResumableSampler, atomic_save, fit, init_distributed, seed_all, unwrap
 
 BEST = "best.pt"
-STAGE_LAYOUT = ("embed_dim", "depths", "state_dim")
 # the metric that decides the best epoch and leads the summary line
 SCORE = {"detection": "mAP", "segmentation": "mIoU"}
 

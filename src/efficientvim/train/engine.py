@@ -208,6 +208,45 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+class RunningStatsWarmup:
+    """BatchNorm running statistics that forget their initial values from the first batch on.
+
+    A BatchNorm starts with running mean 0 and variance 1 and moves them towards each batch's
+    statistics by ``momentum`` (0.1). EfficientViM's gates start at s = 0.5 and two of a block's
+    branches start as zero, so each block scales its residual stream by about 1/16 at
+    initialisation: at the end of a stage the true variance is near 1e-5, and the initial 1
+    needs over a hundred updates to decay below it. Until then the saved statistics belong to
+    no network, and a short run on a small folder evaluates at chance. Here each BatchNorm
+    averages all batches seen (momentum 1/n) until 1/n falls to its own momentum, then runs as
+    usual; a resumed run continues from its saved batch count.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                      and m.track_running_stats and m.momentum is not None]
+        self.momentum = {m: m.momentum for m in self.norms}
+        self.counts: dict[nn.Module, int] = {}
+        self.handles: list = []
+
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        if not module.training:
+            return
+        if module not in self.counts:  # read once: the tensor lives on the device
+            self.counts[module] = int(module.num_batches_tracked)
+        self.counts[module] += 1
+        module.momentum = max(self.momentum[module], 1.0 / self.counts[module])
+
+    def __enter__(self) -> RunningStatsWarmup:
+        self.handles = [m.register_forward_pre_hook(self._before_forward) for m in self.norms]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        for m, momentum in self.momentum.items():
+            m.momentum = momentum
+
+
 def _in_main_thread() -> bool:
     import threading
 
@@ -318,87 +357,92 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
     metrics: dict[str, float] = {}
     loader = loop.train_loader
     sampler: ResumableSampler = loader.sampler
-    with StopRequest() as stop:
-        for epoch in range(state.epoch, loop.epochs):
-            seed_all(loop.seed + 1000 * epoch + d.rank)
-            sampler.set_epoch(epoch)
-            sampler.start = state.step * loader.batch_size
-            batches_per_epoch = state.step + len(loader)
-            model.train()
-            t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
-            bar = _progress(batches_per_epoch, state.step, f"epoch {epoch + 1}/{loop.epochs}", d.is_main)
-            for i, batch in enumerate(loader, start=state.step):
-                boundary = (i + 1) % loop.accum_steps == 0 or i + 1 == batches_per_epoch
-                # DDP all-reduces gradients only on the micro-batch that ends an accumulation window
-                sync = contextlib.nullcontext() if boundary or not d.enabled else model.no_sync()
-                with sync:
-                    with torch.autocast(d.device.type, loop.amp_dtype or torch.float32, loop.amp_dtype is not None):
-                        loss, n = loop.loss_fn(model, batch, epoch)
-                    (scaler.scale(loss / loop.accum_steps) if scaler else loss / loop.accum_steps).backward()
-                # the one host sync per micro-batch: the finiteness check must precede the optimiser step
-                loss_value = loss.detach().float().item()
-                flags = all_reduce_sum(
-                    torch.tensor([float(not math.isfinite(loss_value)), float(stop.signum is not None)]), d
-                )
-                if flags[0] > 0:
-                    opt.zero_grad(set_to_none=True)
-                    kept = f"{last} (after epoch {_saved_epoch(last)}) is the last good checkpoint" if last.exists() \
-                        else "no checkpoint was written yet"
-                    raise TrainingDivergedError(
-                        f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}: stopped without "
-                        f"saving; {kept}. Lower the learning rate (--lr) or turn off --amp, then run the "
-                        "same command to resume"
+    with StopRequest() as stop, RunningStatsWarmup(net):
+        bar = None
+        try:
+            for epoch in range(state.epoch, loop.epochs):
+                seed_all(loop.seed + 1000 * epoch + d.rank)
+                sampler.set_epoch(epoch)
+                sampler.start = state.step * loader.batch_size
+                batches_per_epoch = state.step + len(loader)
+                model.train()
+                t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
+                bar = _progress(batches_per_epoch, state.step, f"epoch {epoch + 1}/{loop.epochs}", d.is_main)
+                for i, batch in enumerate(loader, start=state.step):
+                    boundary = (i + 1) % loop.accum_steps == 0 or i + 1 == batches_per_epoch
+                    # DDP all-reduces gradients only on the micro-batch that ends an accumulation window
+                    sync = contextlib.nullcontext() if boundary or not d.enabled else model.no_sync()
+                    with sync:
+                        with torch.autocast(d.device.type, loop.amp_dtype or torch.float32, loop.amp_dtype is not None):
+                            loss, n = loop.loss_fn(model, batch, epoch)
+                        (scaler.scale(loss / loop.accum_steps) if scaler else loss / loop.accum_steps).backward()
+                    # the one host sync per micro-batch: the finiteness check must precede the optimiser step
+                    loss_value = loss.detach().float().item()
+                    flags = all_reduce_sum(
+                        torch.tensor([float(not math.isfinite(loss_value)), float(stop.signum is not None)]), d
                     )
-                loss_sum, loss_n, seen = loss_sum + loss_value * n, loss_n + n, seen + n
-                if boundary:
-                    _optimizer_step(loop, net, scaler)
-                    state.updates += 1
-                    loop.scheduler.step_update(state.updates)
-                    if loop.ema is not None:
-                        loop.ema.update(net, step=state.updates)
-                    state.step = i + 1
-                if bar is not None:
-                    rate = seen * d.world_size / max(time.time() - t0, 1e-9)
-                    lr = opt.param_groups[0]["lr"]
-                    bar.set_postfix_str(f"loss {loss_sum / loss_n:.4f} lr {lr:.2e} {rate:.0f} img/s", refresh=False)
-                    bar.update(1)
-                if flags[1] > 0 and boundary:
+                    if flags[0] > 0:
+                        opt.zero_grad(set_to_none=True)
+                        kept = (f"{last} (after epoch {_saved_epoch(last)}) is the last good checkpoint"
+                                if last.exists() else "no checkpoint was written yet")
+                        raise TrainingDivergedError(
+                            f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}: stopped without "
+                            f"saving; {kept}. Lower the learning rate (--lr) or turn off --amp, then run the "
+                            "same command to resume"
+                        )
+                    loss_sum, loss_n, seen = loss_sum + loss_value * n, loss_n + n, seen + n
+                    if boundary:
+                        _optimizer_step(loop, net, scaler)
+                        state.updates += 1
+                        loop.scheduler.step_update(state.updates)
+                        if loop.ema is not None:
+                            loop.ema.update(net, step=state.updates)
+                        state.step = i + 1
                     if bar is not None:
-                        bar.close()
-                    save_last()
+                        rate = seen * d.world_size / max(time.time() - t0, 1e-9)
+                        lr = opt.param_groups[0]["lr"]
+                        bar.set_postfix_str(f"loss {loss_sum / loss_n:.4f} lr {lr:.2e} {rate:.0f} img/s", refresh=False)
+                        bar.update(1)
+                    if flags[1] > 0 and boundary:
+                        if bar is not None:
+                            bar.close()
+                        save_last()
+                        name = signal.Signals(stop.signum or signal.SIGTERM).name
+                        loop.log(f"{name}: saved {last} at epoch {epoch + 1}, batch {state.step}; "
+                                 "run the same command to resume")
+                        metrics_log.close()
+                        return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
+                if bar is not None:
+                    bar.close()
+                train_time = time.time() - t0
+                metrics = loop.evaluate()
+                state.epoch, state.step = epoch + 1, 0
+                score = loop.score(metrics)
+                if score > state.best_score:
+                    state.best_score, state.best_epoch = score, epoch + 1
+                    if d.is_main:
+                        loop.save_best(metrics, epoch + 1)
+                stop_now = float(stop.signum is not None)
+                reduced = all_reduce_sum(torch.tensor([loss_sum, float(loss_n), float(seen), stop_now]), d)
+                record = {
+                    "epoch": epoch + 1,
+                    "train_loss": round(float(reduced[0] / max(reduced[1], 1)), 5),
+                    **{k: round(v, 5) for k, v in metrics.items()},
+                    "lr": opt.param_groups[0]["lr"],
+                    "img_per_s": round(float(reduced[2]) / max(train_time, 1e-9), 1),
+                    "time_s": round(time.time() - t0, 1),
+                }
+                metrics_log.log(record)
+                save_last()
+                loop.log(_epoch_line(record, loop.epochs, loop.metric_format))
+                if reduced[3] > 0:  # every process stops after the same epoch
                     name = signal.Signals(stop.signum or signal.SIGTERM).name
-                    loop.log(f"{name}: saved {last} at epoch {epoch + 1}, batch {state.step}; "
-                             "run the same command to resume")
+                    loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
                     metrics_log.close()
                     return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
+        finally:
             if bar is not None:
-                bar.close()
-            train_time = time.time() - t0
-            metrics = loop.evaluate()
-            state.epoch, state.step = epoch + 1, 0
-            score = loop.score(metrics)
-            if score > state.best_score:
-                state.best_score, state.best_epoch = score, epoch + 1
-                if d.is_main:
-                    loop.save_best(metrics, epoch + 1)
-            stop_now = float(stop.signum is not None)
-            reduced = all_reduce_sum(torch.tensor([loss_sum, float(loss_n), float(seen), stop_now]), d)
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": round(float(reduced[0] / max(reduced[1], 1)), 5),
-                **{k: round(v, 5) for k, v in metrics.items()},
-                "lr": opt.param_groups[0]["lr"],
-                "img_per_s": round(float(reduced[2]) / max(train_time, 1e-9), 1),
-                "time_s": round(time.time() - t0, 1),
-            }
-            metrics_log.log(record)
-            save_last()
-            loop.log(_epoch_line(record, loop.epochs, loop.metric_format))
-            if reduced[3] > 0:  # every process stops after the same epoch
-                name = signal.Signals(stop.signum or signal.SIGTERM).name
-                loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
-                metrics_log.close()
-                return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
+                bar.close()  # an error's one line must not land on the progress bar
     metrics_log.close()
     return FitResult(state, metrics, resumed=resumed)
 
