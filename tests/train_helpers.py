@@ -43,3 +43,30 @@ def make_folder(root: Path, classes=tuple(COLOURS), per_class: dict[str, int] | 
 def write_config(path: Path, **changes) -> Path:
     path.write_text(yaml.safe_dump({**TINY, **changes}))
     return path
+
+
+# scikit-image's sample photos (shipped inside the package): five classes a person tells apart at a glance
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "horse")
+
+
+def make_photo_folder(root: Path, train: int = 12, val: int = 4, seed: int = 0,
+                      formats: tuple[str, ...] = ("png",)) -> Path:
+    """``root/{train,val}/<photo>/*``: random crops (40-80% of each side, odd sizes) of real photos; class
+    ``i`` is written as ``formats[i % len(formats)]``."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    for ci, name in enumerate(PHOTOS):
+        pixels = getattr(data, name)()
+        if pixels.dtype == bool:  # the horse is a binary silhouette
+            pixels = pixels.astype(np.uint8) * 255
+        image = Image.fromarray(pixels).convert("RGB")
+        width, height = image.size
+        for split, n in (("train", train), ("val", val)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = (int(side * rng.uniform(0.4, 0.8)) for side in (width, height))
+                x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                image.crop((x, y, x + w, y + h)).save(folder / f"{i}.{formats[ci % len(formats)]}")
+    return root

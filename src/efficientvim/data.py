@@ -144,8 +144,8 @@ class ImageFiles(Dataset):
                 break
             except ImageFileError as e:
                 if self.strict:
-                    raise DataError(f"unreadable image {e} (--strict-data: remove or replace it)") from None
-                warnings.warn(f"skipped unreadable image {e}", stacklevel=2)
+                    raise DataError(f"unreadable image: {e} (--strict-data: remove or replace it)") from None
+                warnings.warn(f"skipped unreadable image: {e}", stacklevel=2)
         else:
             raise DataError(
                 f"{MAX_CONSECUTIVE_SKIPS} consecutive unreadable images from {self.filename(index)} on: "

@@ -47,26 +47,38 @@ def input_size(text: str) -> int:
     return _number(int, text, MIN_IMG_SIZE, True, f"at least {MIN_IMG_SIZE} (the network's total stride)")
 
 
+def _can_create_in(folder: Path) -> bool:
+    # a real probe, not os.access: root passes access checks on read-only folders and file systems
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def writable_file(path: str | Path) -> Path:
-    """``path`` if a file can be written there (its folder exists and is writable), else a one-line error."""
+    """``path`` if a file can be written there (its folder exists and takes new files), else a one-line error
+    before any work is done."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: give a file name to write")
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {folder} does not exist: create it first")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not _can_create_in(folder) or (path.exists() and not os.access(path, os.W_OK)):
         raise PermissionError(f"cannot write {path}: {folder} is not writable; choose another output path")
     return path
 
 
 def writable_folder(path: str | Path) -> Path:
-    """``path`` if it is, or can be created as, a writable folder; else a one-line error."""
+    """``path`` if it is, or can be created as, a folder that takes new files; else a one-line error."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a folder: choose another output folder")
     existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir() or not _can_create_in(existing):
         raise PermissionError(f"cannot write into {path}: {existing} is not writable; choose another output folder")
     return path
 

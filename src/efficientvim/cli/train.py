@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--" + field.replace("_", "-"), dest=field, action="store_true", default=None, help=text)
     p.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
                    help="model constructor override, e.g. embed_dim=64,96,128 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --output even though "
+                   "its settings differ from these (a rerun with the same settings resumes without it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
     p.set_defaults(func=run)
 
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = resolve_dense(args)
         writable_folder(cfg.default_output())
-        return _exit_code(train_dense(cfg).fit)
+        return _exit_code(train_dense(cfg, resume_changed=args.resume).fit)
     wrong = _given(args, DENSE_OPTIONS)
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} applies to --task detection|segmentation only")
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     writable_folder(cfg.output)
     from ..train import train
 
-    return _exit_code(train(cfg).fit)
+    return _exit_code(train(cfg, resume_changed=args.resume).fit)
 
 
 def _exit_code(fit) -> int:

@@ -24,11 +24,13 @@ from ..errors import CheckpointError, DataError
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, create_model, load_model
 from ..weights import STAGE_LAYOUT, Checkpoint, save_weights
 from .engine import (
+    RUN_ONLY_SETTINGS,
     Distributed,
     FitResult,
     Loop,
     ResumableSampler,
     all_reduce_sum,
+    check_resume,
     fit,
     init_distributed,
     seed_all,
@@ -191,8 +193,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int, batches
     return optimizer, scheduler, total_epochs
 
 
-def train(cfg: TrainConfig, log=print) -> TrainResult:
-    """Train (or resume) an EfficientViM classifier as ``cfg`` says; return the best top-1 and a summary."""
+def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainResult:
+    """Train (or resume) an EfficientViM classifier as ``cfg`` says; return the best top-1 and a summary.
+
+    A run saved in ``cfg.output`` is resumed when its settings match ``cfg``; with other settings it is
+    refused (naming the changes) unless ``resume_changed``.
+    """
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
@@ -202,7 +208,8 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     seed_all(cfg.seed)  # the initial weights; fit() reseeds every epoch
     say = log if d.is_main else (lambda *a, **k: None)
     output = Path(cfg.output)
-    resuming = (output / "last.pt").exists()
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_SETTINGS}
+    resuming = check_resume(output, settings, resume_changed, say)
 
     name = cfg.model
     if cfg.distillation != "none" and not name.endswith("_dist"):
@@ -300,7 +307,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
     amp_dtype = amp_dtype_for(d.device, cfg.amp)
 
     def run_eval() -> dict[str, float]:
-        hits = all_reduce_sum(train_hits, d)
+        hits = all_reduce_sum(train_hits.clone(), d)
         train_hits.zero_()
         metrics = evaluate(unwrap(model), val_loader, d, amp_dtype)
         out = {"train_top1": 100.0 * hits[0].item() / max(hits[1].item(), 1), "top1": metrics["top1"],
@@ -335,7 +342,7 @@ def train(cfg: TrainConfig, log=print) -> TrainResult:
         model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, loss_fn=loss_fn,
         evaluate=run_eval, score=lambda m: max(m["top1"], m.get("ema_top1", -1.0)),
         save_best=lambda m, epoch: export(output / BEST, m, epoch), metadata=metadata,
-        epochs=total_epochs, output=output, seed=cfg.seed, ema=ema, accum_steps=cfg.accum_steps,
+        settings=settings, epochs=total_epochs, output=output, seed=cfg.seed, ema=ema, accum_steps=cfg.accum_steps,
         clip_grad=cfg.clip_grad, amp_dtype=amp_dtype, log=say,
     )
     result = fit(loop, d)

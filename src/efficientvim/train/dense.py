@@ -18,7 +18,7 @@ Data layouts read with ``data``:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CheckpointError, DataError, EfficientViMError
 from ..weights import STAGE_LAYOUT, Checkpoint
-from .engine import FitResult, Loop, ResumableSampler, atomic_save, fit, init_distributed, seed_all, unwrap
+from .engine import (
+    RUN_ONLY_SETTINGS,
+    FitResult,
+    Loop,
+    ResumableSampler,
+    atomic_save,
+    check_resume,
+    fit,
+    init_distributed,
+    seed_all,
+    unwrap,
+)
+from .recipes import plain_data
 
 BEST = "best.pt"
 # the metric that decides the best epoch and leads the summary line
@@ -175,8 +187,11 @@ class DenseTrainResult:
     summary: str
 
 
-def train_dense(cfg: DenseTrainConfig, log=print) -> DenseTrainResult:
-    """Train (or resume) a detector or segmenter as ``cfg`` says; ends with the metric line of the last epoch."""
+def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) -> DenseTrainResult:
+    """Train (or resume) a detector or segmenter as ``cfg`` says; ends with the metric line of the last epoch.
+
+    A run saved in the output folder is resumed when its settings match ``cfg`` (else refused, unless
+    ``resume_changed``), as for classification."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
@@ -189,7 +204,8 @@ def train_dense(cfg: DenseTrainConfig, log=print) -> DenseTrainResult:
     recipe = dense_recipe(cfg)
     seed_all(recipe.seed)
     output = Path(cfg.default_output())
-    resuming = (output / "last.pt").exists()
+    settings = {k: v for k, v in plain_data(asdict(cfg)).items() if k not in RUN_ONLY_SETTINGS}
+    resuming = check_resume(output, settings, resume_changed, log)
 
     train_ds, val_ds, classes = dense_datasets(cfg.task, cfg.data, recipe, cfg.img_size, cfg.train_ann, cfg.val_ann)
     if len(train_ds) < recipe.batch_size:
@@ -236,7 +252,8 @@ def train_dense(cfg: DenseTrainConfig, log=print) -> DenseTrainResult:
         model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, loss_fn=loss_fn,
         evaluate=lambda: evaluate(unwrap(model), val_loader, len(classes) if cfg.task == "segmentation" else None),
         score=lambda m: m[SCORE[cfg.task]], save_best=save_best, metadata=lambda: metadata,
-        epochs=recipe.epochs, output=output, seed=recipe.seed, clip_grad=1.0, metric_format="{:.4f}", log=log,
+        settings=settings, epochs=recipe.epochs, output=output, seed=recipe.seed, clip_grad=1.0,
+        metric_format="{:.4f}", log=log,
     )
     result = fit(loop, d)
     minutes, secs = divmod(int(round(time.time() - start)), 60)

@@ -36,6 +36,8 @@ from ..errors import CheckpointError, TrainingDivergedError
 
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
+# settings that do not change what a run computes: a rerun may change them and still resume
+RUN_ONLY_SETTINGS = ("workers", "output")
 
 
 # ---------------------------------------------------------------- distributed
@@ -119,6 +121,27 @@ def load_training_state(path: Path) -> dict:
         raise CheckpointError(
             f"cannot resume: {path} is unreadable ({type(e).__name__}); move it away to start afresh"
         ) from None
+
+
+def check_resume(output: Path, settings: dict, allow_changes: bool, log: Callable[[str], None]) -> bool:
+    """True when ``output`` holds a run to resume. A run saved with other ``settings`` is refused, naming
+    each change, unless ``allow_changes`` (then the changes are logged and the run continues)."""
+    last = output / LAST
+    if not last.exists():
+        return False
+    saved = load_training_state(last).get("settings")
+    if saved is None:  # written before settings were recorded
+        return True
+    changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+    changes += [f"{k} {v!r} -> unset" for k, v in saved.items() if k not in settings]
+    if changes and not allow_changes:
+        raise CheckpointError(
+            f"{output} holds a run with other settings ({'; '.join(changes)}): pass --resume to continue it with "
+            f"these settings, or choose another --output (or remove {last}) to start afresh"
+        )
+    if changes:
+        log(f"resuming {output} with changed settings: {'; '.join(changes)}")
+    return True
 
 
 class MetricsLog:
@@ -280,6 +303,7 @@ class Loop:
     score: Callable[[dict[str, float]], float]  # higher is better; decides the best epoch
     save_best: Callable[[dict[str, float], int], None]  # export the best weights (rank 0)
     metadata: Callable[[], dict]  # plain data stored in last.pt (architecture, classes, config)
+    settings: dict  # what a resumed run must share with this one (check_resume compares them)
     epochs: int
     output: Path
     seed: int = 0
@@ -352,6 +376,7 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
         if scaler is not None:
             blob["scaler"] = scaler.state_dict()
         blob["metadata"] = loop.metadata()
+        blob["settings"] = loop.settings
         atomic_save(blob, last)
 
     metrics: dict[str, float] = {}

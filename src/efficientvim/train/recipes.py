@@ -106,15 +106,15 @@ class TrainConfig:
         return self.epochs + self.cooldown_epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain_data(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     # tuples become lists so the dict is YAML- and torch.load(weights_only=True)-friendly
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_data(v) for k, v in value.items()}
     return value
 
 
