@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +122,44 @@ def test_onnx_predictor_returns_the_models_top_classes_with_probabilities(onnx_f
     order = np.argsort(-probs)[:2]
     assert [name for name, _ in top] == [["cat", "dog", "fox"][i] for i in order]
     assert np.allclose([p for _, p in top], probs[order], atol=1e-5)
+
+
+def test_onnx_predictor_takes_paths_pil_images_and_arrays_alike(onnx_file, tmp_path):
+    _, path, _ = onnx_file
+    predictor = OnnxPredictor(path)
+    pixels = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    by_path, by_str, by_image, by_array = (predictor.predict(x)[0] for x in (
+        tmp_path / "photo.png", str(tmp_path / "photo.png"), Image.fromarray(pixels), pixels))
+    assert by_path == by_str == by_image == by_array
+
+
+def test_onnx_predictor_labels_a_1000_class_model_as_the_cli_does(tmp_path, capsys):
+    model = _tiny(num_classes=1000)
+    path = tmp_path / "in1k.onnx"
+    export_onnx(model, path)
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+    ours = OnnxPredictor(path).predict(image, top_k=3)[0]
+    efficientvim.save_weights(model, tmp_path / "in1k.safetensors")
+    assert main(["predict", str(image), "--checkpoint", str(tmp_path / "in1k.safetensors"), "--topk", "3",
+                 "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert [name for name, _ in ours] == [p["label"] for p in cli]
+    assert all(not name.isdigit() for name, _ in ours)  # ImageNet's names, not indices
+
+
+def test_onnx_predictor_imports_without_torch(onnx_file):
+    _, path, _ = onnx_file
+    code = ("import sys; from efficientvim.onnx_predictor import OnnxPredictor; "
+            f"print(OnnxPredictor({str(path)!r}).predict(__import__('numpy').zeros((64, 64, 3), 'uint8'))[0][0][0]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm')))")
+    src = str(Path(efficientvim.__file__).resolve().parents[1])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": src})
+    assert run.returncode == 0, run.stderr
+    label, modules = run.stdout.strip().splitlines()
+    assert label in ("cat", "dog", "fox") and modules == "[]"
 
 
 def test_export_cli_writes_a_verified_onnx_file(tmp_path, capsys):

@@ -276,5 +276,12 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=header)
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files 0600; a weights file is shared like any other
     os.replace(tmp, path)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
