@@ -167,3 +167,18 @@ def test_an_unreadable_image_is_skipped_with_its_name(tmp_path):
         _, target = ds[index]
     assert ds.class_names[target] == "star" or index + 1 < len(ds)
     assert "broken.jpg" in str(caught[0].message)
+
+
+def test_depthwise_weights_take_their_gradients_strides_before_ddp():
+    from efficientvim.train.engine import match_grad_strides
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    x = torch.randn(4, 8, 9, 9)
+    expected = conv(x)
+    conv(x).sum().backward()
+    grad_stride = conv.weight.grad.stride()
+    conv.weight.grad = None
+    match_grad_strides(conv, lambda: conv(x).sum())
+    assert conv.weight.stride() == grad_stride and conv.weight.grad is None
+    torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)

@@ -31,8 +31,10 @@ from .engine import (
     ResumableSampler,
     all_reduce_sum,
     check_resume,
+    close_distributed,
     fit,
     init_distributed,
+    match_grad_strides,
     seed_all,
     unwrap,
 )
@@ -261,7 +263,10 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
     if d.enabled:
         device_ids = [d.local_rank] if d.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        probe = torch.zeros(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=d.device)
+        match_grad_strides(model, lambda: model(probe).float().sum())  # eval mode: one tensor of logits
+        # gradients written straight into DDP's buckets: no copy of them per step
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -350,6 +355,7 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
         export(output / FINAL, result.last_metrics, result.state.epoch)
     summary = _summary(result, output, time.time() - start)
     say(summary)
+    close_distributed(d)
     return TrainResult(result, result.state.best_score, result.state.best_epoch, output, summary)
 
 
@@ -419,5 +425,6 @@ def evaluate_checkpoint(
         raise DataError(f"{checkpoint} predicts {model.num_classes} classes but the data has {len(classes)}")
     model.to(d.device)
     metrics = evaluate(model, eval_loader(val_ds, batch_size, workers, d), d, amp_dtype_for(d.device, amp))
+    close_distributed(d)
     metrics.update(model=model.model_name, img_size=size)
     return metrics
