@@ -70,3 +70,20 @@ def make_photo_folder(root: Path, train: int = 12, val: int = 4, seed: int = 0,
                 x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
                 image.crop((x, y, x + w, y + h)).save(folder / f"{i}.{formats[ci % len(formats)]}")
     return root
+
+
+def make_digits_folder(root: Path, val_fraction: float = 0.25, seed: int = 0) -> Path:
+    """scikit-learn's 1,797 digit scans written out as ``root/{train,val}/<digit>/<index>.png`` (8x8 grey PNGs,
+    a stratified split), so the embedded run can be compared with the same images read from a folder."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    splits = train_test_split(np.arange(len(digits.target)), test_size=val_fraction, stratify=digits.target,
+                              random_state=seed)
+    for split, indices in zip(("train", "val"), splits):
+        for i in indices:
+            folder = root / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((digits.images[i] * 255 / 16).round().astype(np.uint8), "L").save(folder / f"{i}.png")
+    return root

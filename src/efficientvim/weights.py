@@ -255,6 +255,10 @@ def save_weights(
     path = Path(path)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     names = class_names if class_names is not None else cfg.get("label_names")
+    classes = getattr(model, "num_classes", None)
+    if names is not None and (len(names) != classes or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"class_names must be {classes} strings, one per output of the model; got {len(names)} "
+                         f"entries ({', '.join(map(repr, list(names)[:3]))}{', ...' if len(names) > 3 else ''})")
     meta = {
         "architecture": getattr(model, "model_name", None),
         "num_classes": getattr(model, "num_classes", None),
