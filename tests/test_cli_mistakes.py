@@ -179,3 +179,19 @@ def test_a_rerun_with_other_settings_is_refused_and_names_the_change(tmp_path, c
     assert main([*common, "--epochs", "2", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "with changed settings: epochs 1 -> 2" in out and "epoch 2/2" in out
+
+
+def test_info_on_a_weights_tag_needs_no_download(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["info", "efficientvim_m2.e450_in1k"]) == 0
+    assert "parameters      13,903,842" in capsys.readouterr().out
+
+
+def test_train_makes_openmp_wait_passively_before_torch_loads_it():
+    code = ("import os, sys; from efficientvim.cli import main; main(['train', '--print-config']); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "PYTHONPATH": SRC})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "PASSIVE False"

@@ -93,8 +93,8 @@ def test_detection_train_resume_eval(coco_root, tmp_path, capsys):
     saved = torch.load(out_dir / "last.pt", weights_only=True)
     assert saved["fit_state"]["epoch"] == 1 and saved["metadata"]["class_names"] == ["box", "other"]
 
-    # a second epoch resumes from last.pt rather than starting afresh
-    code, out, _ = _run(capsys, *[a if a != "1" else "2" for a in args])
+    # a second epoch resumes from last.pt rather than starting afresh (told so: the epochs changed)
+    code, out, _ = _run(capsys, *[a if a != "1" else "2" for a in args], "--resume")
     assert code == 0
     assert f"resumed from {out_dir / 'last.pt'} at epoch 2/2" in out
     assert torch.load(out_dir / "last.pt", weights_only=True)["fit_state"]["epoch"] == 2

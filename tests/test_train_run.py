@@ -104,7 +104,7 @@ def test_corrupt_image_is_named_and_skipped(tmp_path, capsys):
     data = make_folder(tmp_path / "data")
     bad = data / "train" / "star" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    with pytest.warns(UserWarning, match=r"skipped unreadable image .*broken\.png"):
+    with pytest.warns(UserWarning, match=r"skipped unreadable image: .*broken\.png"):
         code = train(tmp_path, "--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "1")
     assert code == 0 and (tmp_path / "out" / "best.safetensors").exists()
 
@@ -115,7 +115,7 @@ def test_corrupt_image_is_fatal_with_strict_data(tmp_path, capsys):
     code = train(tmp_path, "--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "1", "--strict-data")
     err = capsys.readouterr().err
     assert code == 2
-    assert re.search(r"efficientvim train: error: unreadable image .*broken\.png", err)
+    assert re.search(r"efficientvim train: error: unreadable image: .*broken\.png", err)
     assert "Traceback" not in err
 
 
@@ -136,7 +136,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
     before = hashlib.sha256((out / "last.pt").read_bytes()).hexdigest()
     capsys.readouterr()
     # an absurd learning rate blows the weights up within a couple of updates
-    code = train(tmp_path, "--data", str(data), "--output", str(out), "--lr", "1e30", config_changes={"epochs": 2})
+    code = train(tmp_path, "--data", str(data), "--output", str(out), "--lr", "1e30", "--resume",
+                 config_changes={"epochs": 2})
     err = capsys.readouterr().err
     assert code == 2
     assert re.search(r"loss became (nan|inf) at epoch 2, batch \d+: stopped without saving", err)
@@ -187,9 +188,12 @@ def test_eval_takes_an_authors_style_checkpoint_with_a_model_name(tmp_path, caps
 
 
 def test_resuming_into_a_run_of_another_model_is_refused(tmp_path, trained, capsys):
-    code = train(trained["out"].parent, "--data", str(trained["data"]), "--output", str(trained["out"]),
-                 config_changes={"model_args": {"embed_dim": [32, 48, 96]}})
-    assert code == 2
+    args = ["--data", str(trained["data"]), "--output", str(trained["out"])]
+    other = {"model_args": {"embed_dim": [32, 48, 96]}}
+    assert train(trained["out"].parent, *args, config_changes=other) == 2
+    assert "holds a run with other settings (model_args {" in capsys.readouterr().err
+    # even when told to resume with changed settings, weights of another shape cannot be loaded
+    assert train(trained["out"].parent, *args, "--resume", config_changes=other) == 2
     err = capsys.readouterr().err
     assert f"cannot resume from {trained['out'] / 'last.pt'}: it belongs to a different model" in err
 

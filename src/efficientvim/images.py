@@ -36,8 +36,11 @@ def is_image_name(name: str | os.PathLike) -> bool:
     return Path(name).suffix.lower() in image_suffixes()
 
 
-def read_image(source: str | os.PathLike | bytes | BinaryIO, name: str | os.PathLike | None = None) -> Image.Image:
-    """Decode an image file (a path, its bytes or an open binary file) as an upright RGB image.
+def read_image(
+    source: str | os.PathLike | bytes | BinaryIO, name: str | os.PathLike | None = None, upright: bool = True
+) -> Image.Image:
+    """Decode an image file (a path, its bytes or an open binary file) as an RGB image, turned upright by
+    its EXIF orientation unless ``upright`` is False (dense annotations address the stored pixels).
 
     Raises :class:`ImageFileError` naming the file (``name``, default the path) when it is not an
     image Pillow reads, or is truncated or corrupt.
@@ -48,7 +51,7 @@ def read_image(source: str | os.PathLike | bytes | BinaryIO, name: str | os.Path
     try:
         with Image.open(source) as im:
             im.load()  # decode now: a truncated file fails here, not later inside a transform
-            return to_rgb(ImageOps.exif_transpose(im))
+            return to_rgb(ImageOps.exif_transpose(im) if upright else im)
     except UnidentifiedImageError:
         raise ImageFileError(
             f"{label} is not an image Pillow can read: use JPEG, PNG, WebP, TIFF, BMP or GIF"

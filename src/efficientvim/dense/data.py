@@ -20,19 +20,17 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import EfficientViMError
+from ..images import is_image_name, read_image
 from .segmentation import IGNORE_INDEX
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TASKS = ("detection", "segmentation")
 
 
 def _read_image(path: Path) -> torch.Tensor:
-    from PIL import Image
-
+    # the package's one reader, without EXIF rotation: boxes and masks address the pixels as stored
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found: check the image folder")
-    with Image.open(path) as im:
-        array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    array = np.asarray(read_image(path, upright=False), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
@@ -138,7 +136,7 @@ class SegmentationFolder(Dataset):
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
                 raise FileNotFoundError(f"folder {folder} not found")
-        images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in self.image_dir.iterdir() if is_image_name(p))
         masks = {p.stem: p for p in self.mask_dir.iterdir() if p.suffix.lower() == ".png"}
         unmatched = [p.name for p in images if p.stem not in masks]
         if unmatched:
@@ -147,7 +145,7 @@ class SegmentationFolder(Dataset):
                 f"{self.mask_dir} (first: {unmatched[0]})"
             )
         if not images:
-            raise EfficientViMError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.image_dir}")
+            raise EfficientViMError(f"no images (files of a format Pillow reads) in {self.image_dir}")
         self.pairs = [(p, masks[p.stem]) for p in images]
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.hflip = hflip
