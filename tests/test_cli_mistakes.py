@@ -3,6 +3,7 @@ for every mistake (bad numbers, wrong or unwritable paths, hostile files), and c
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -195,3 +196,16 @@ def test_train_makes_openmp_wait_passively_before_torch_loads_it():
                          env={**env, "PYTHONPATH": SRC})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "PASSIVE False"
+
+
+def test_predict_on_a_folder_names_the_files_it_did_not_read(files, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(files["image"].read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "IMG_0001.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # a format this Pillow does not open
+    assert main(["predict", str(folder), "--checkpoint", str(files["ckpt"]), "--topk", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [r["image"] for r in json.loads(captured.out)] == [str(folder / "photo.png")]
+    assert captured.err.strip() == (f"note: skipped 2 files that are not images Pillow reads: "
+                                    f"{folder / 'IMG_0001.heic'}, {folder / 'notes.txt'}")

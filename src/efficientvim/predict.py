@@ -29,15 +29,22 @@ from .images import is_image_name, load_image
 from .model import STEM_STRIDE
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders as their image files (recursively, sorted), globs as their matches."""
+def expand_inputs(inputs: Iterable[str | os.PathLike], skipped: list[Path] | None = None) -> list[Path]:
+    """Files as given, folders as their image files (recursively, sorted), globs as their matches.
+
+    Files in folders that are not images Pillow reads are left out and, when ``skipped`` is given,
+    appended to it (hidden files aside), so a caller can say what it did not read.
+    """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if is_image_name(p) and p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            found = [p for p in files if is_image_name(p)]
             if not found:
                 raise FileNotFoundError(f"folder {path} holds no image files Pillow reads")
+            if skipped is not None:
+                skipped.extend(p for p in files if not is_image_name(p) and not p.name.startswith("."))
             paths.extend(found)
         elif path.is_file():
             paths.append(path)

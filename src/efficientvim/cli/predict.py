@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .common import add_model_args, input_size, model_from_args, positive_int, warn_if_random
 
@@ -22,12 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..predict import check_images, classify_files, expand_inputs, set_input_size
 
-    paths = expand_inputs(args.images)
+    skipped: list = []
+    paths = expand_inputs(args.images, skipped)
     model = model_from_args(args)
     if args.img_size is not None:
         set_input_size(model, args.img_size)
     check_images(model, paths)
     warn_if_random(args)
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        print(f"note: skipped {len(skipped)} files that are not images Pillow reads: "
+              f"{', '.join(map(str, skipped[:3]))}{more}", file=sys.stderr)
     results = classify_files(model, paths, args.topk, args.batch_size)
     if args.json:
         print(json.dumps(list(results), indent=2))

@@ -253,7 +253,7 @@ def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) 
         evaluate=lambda: evaluate(unwrap(model), val_loader, len(classes) if cfg.task == "segmentation" else None),
         score=lambda m: m[SCORE[cfg.task]], save_best=save_best, metadata=lambda: metadata,
         settings=settings, epochs=recipe.epochs, output=output, seed=recipe.seed, clip_grad=1.0,
-        metric_format="{:.4f}", log=log,
+        metric_format="{:.4f}", metrics_title="metrics", log=log,
     )
     result = fit(loop, d)
     minutes, secs = divmod(int(round(time.time() - start)), 60)

@@ -357,6 +357,7 @@ class Loop:
     clip_grad: float | None = None
     amp_dtype: torch.dtype | None = None
     metric_format: str = "{:.2f}%"  # how the epoch line prints evaluation metrics other than losses
+    metrics_title: str = "accuracy (%)"  # the title of the metrics plot in curves.png
     log: Callable[[str], None] = print
 
 
@@ -382,139 +383,152 @@ def seed_all(seed: int) -> None:
 
 def fit(loop: Loop, d: Distributed) -> FitResult:
     """Train ``loop.model`` for ``loop.epochs`` epochs, resuming from ``output/last.pt`` when present."""
-    output, model, opt = loop.output, loop.model, loop.optimizer
-    net = unwrap(model)
+    net = unwrap(loop.model)
     if d.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-    last = output / LAST
+        loop.output.mkdir(parents=True, exist_ok=True)
     scaler = torch.amp.GradScaler("cuda") if loop.amp_dtype == torch.float16 and d.device.type == "cuda" else None
-    state, resumed = FitState(), False
-    if last.exists():
-        saved = load_training_state(last)
-        try:
-            net.load_state_dict(saved["model"])
-            if loop.ema is not None and "model_ema" in saved:
-                loop.ema.module.load_state_dict(saved["model_ema"])
-            opt.load_state_dict(saved["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"cannot resume from {last}: it belongs to a different model or setup "
-                f"({str(e).strip().splitlines()[0][:120]}); use another --output or move it away"
-            ) from None
-        if scaler is not None and "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
-        state, resumed = FitState(**saved["fit_state"]), True
-        where = f"epoch {state.epoch + 1}/{loop.epochs}" + (f", batch {state.step}" if state.step else "")
-        if state.epoch >= loop.epochs:
-            where = f"the end ({loop.epochs} epochs done)"
-        loop.log(f"resumed from {last} at {where}")
+    state, resumed = resume(loop, net, scaler)
     loop.scheduler.step_update(state.updates)
-    title = "accuracy (%)" if loop.metric_format.endswith("%") else "metrics"
-    metrics_log = MetricsLog(output, d.is_main, keep_epochs=state.epoch, metrics_title=title)
-
-    def save_last() -> None:
-        if not d.is_main:
-            return
-        blob = {"model": net.state_dict(), "optimizer": opt.state_dict(), "fit_state": asdict(state)}
-        if loop.ema is not None:
-            blob["model_ema"] = loop.ema.module.state_dict()
-        if scaler is not None:
-            blob["scaler"] = scaler.state_dict()
-        blob["metadata"] = loop.metadata()
-        blob["settings"] = loop.settings
-        atomic_save(blob, last)
-
+    metrics_log = MetricsLog(loop.output, d.is_main, keep_epochs=state.epoch, metrics_title=loop.metrics_title)
     metrics: dict[str, float] = {}
-    loader = loop.train_loader
-    sampler: ResumableSampler = loader.sampler
     with StopRequest() as stop, RunningStatsWarmup(net):
-        bar = None
-        try:
-            for epoch in range(state.epoch, loop.epochs):
-                seed_all(loop.seed + 1000 * epoch + d.rank)
-                sampler.set_epoch(epoch)
-                sampler.start = state.step * loader.batch_size
-                batches_per_epoch = state.step + len(loader)
-                model.train()
-                t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
-                bar = _progress(batches_per_epoch, state.step, f"epoch {epoch + 1}/{loop.epochs}", d.is_main)
-                for i, batch in enumerate(loader, start=state.step):
-                    boundary = (i + 1) % loop.accum_steps == 0 or i + 1 == batches_per_epoch
-                    # DDP all-reduces gradients only on the micro-batch that ends an accumulation window
-                    sync = contextlib.nullcontext() if boundary or not d.enabled else model.no_sync()
-                    with sync:
-                        with torch.autocast(d.device.type, loop.amp_dtype or torch.float32, loop.amp_dtype is not None):
-                            loss, n = loop.loss_fn(model, batch, epoch)
-                        (scaler.scale(loss / loop.accum_steps) if scaler else loss / loop.accum_steps).backward()
-                    # the one host sync per micro-batch: the finiteness check must precede the optimiser step
-                    loss_value = loss.detach().float().item()
-                    flags = all_reduce_sum(
-                        torch.tensor([float(not math.isfinite(loss_value)), float(stop.signum is not None)]), d
-                    )
-                    if flags[0] > 0:
-                        opt.zero_grad(set_to_none=True)
-                        kept = (f"{last} (after epoch {_saved_epoch(last)}) is the last good checkpoint"
-                                if last.exists() else "no checkpoint was written yet")
-                        raise TrainingDivergedError(
-                            f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}: stopped without "
-                            f"saving; {kept}. Lower the learning rate (--lr) or turn off --amp, then run the "
-                            "same command to resume"
-                        )
-                    loss_sum, loss_n, seen = loss_sum + loss_value * n, loss_n + n, seen + n
-                    if boundary:
-                        _optimizer_step(loop, net, scaler)
-                        state.updates += 1
-                        loop.scheduler.step_update(state.updates)
-                        if loop.ema is not None:
-                            loop.ema.update(net, step=state.updates)
-                        state.step = i + 1
-                    if bar is not None:
-                        rate = seen * d.world_size / max(time.time() - t0, 1e-9)
-                        lr = opt.param_groups[0]["lr"]
-                        bar.set_postfix_str(f"loss {loss_sum / loss_n:.4f} lr {lr:.2e} {rate:.0f} img/s", refresh=False)
-                        bar.update(1)
-                    if flags[1] > 0 and boundary:
-                        if bar is not None:
-                            bar.close()
-                        save_last()
-                        name = signal.Signals(stop.signum or signal.SIGTERM).name
-                        loop.log(f"{name}: saved {last} at epoch {epoch + 1}, batch {state.step}; "
-                                 "run the same command to resume")
-                        metrics_log.close()
-                        return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
-                if bar is not None:
-                    bar.close()
-                train_time = time.time() - t0
-                metrics = loop.evaluate()
-                state.epoch, state.step = epoch + 1, 0
-                score = loop.score(metrics)
-                if score > state.best_score:
-                    state.best_score, state.best_epoch = score, epoch + 1
-                    if d.is_main:
-                        loop.save_best(metrics, epoch + 1)
-                stop_now = float(stop.signum is not None)
-                reduced = all_reduce_sum(torch.tensor([loss_sum, float(loss_n), float(seen), stop_now]), d)
-                record = {
-                    "epoch": epoch + 1,
-                    "train_loss": round(float(reduced[0] / max(reduced[1], 1)), 5),
-                    **{k: round(v, 5) for k, v in metrics.items()},
-                    "lr": opt.param_groups[0]["lr"],
-                    "img_per_s": round(float(reduced[2]) / max(train_time, 1e-9), 1),
-                    "time_s": round(time.time() - t0, 1),
-                }
-                metrics_log.log(record)
-                save_last()
-                loop.log(_epoch_line(record, loop.epochs, loop.metric_format))
-                if reduced[3] > 0:  # every process stops after the same epoch
-                    name = signal.Signals(stop.signum or signal.SIGTERM).name
-                    loop.log(f"{name}: saved {last} after epoch {epoch + 1}; run the same command to resume")
-                    metrics_log.close()
-                    return FitResult(state, metrics, stopped_by=stop.signum or signal.SIGTERM, resumed=resumed)
-        finally:
-            if bar is not None:
-                bar.close()  # an error's one line must not land on the progress bar
+        for epoch in range(state.epoch, loop.epochs):
+            t0 = time.time()
+            totals = train_one_epoch(loop, net, scaler, state, epoch, stop, d)
+            if totals is None:  # a stop request, honoured after the optimiser step
+                return _stop(loop, net, scaler, state, metrics, metrics_log, stop, resumed, d,
+                             f"at epoch {epoch + 1}, batch {state.step}")
+            train_time = time.time() - t0
+            metrics = loop.evaluate()
+            state.epoch, state.step = epoch + 1, 0
+            if loop.score(metrics) > state.best_score:
+                state.best_score, state.best_epoch = loop.score(metrics), epoch + 1
+                if d.is_main:
+                    loop.save_best(metrics, epoch + 1)
+            # sums over all processes, with the stop flag: every process stops after the same epoch
+            loss_sum, loss_n, seen, stopping = all_reduce_sum(
+                torch.tensor([*totals, float(stop.signum is not None)]), d).tolist()
+            record = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(loss_n, 1), 5),
+                      **{k: round(v, 5) for k, v in metrics.items()}, "lr": loop.optimizer.param_groups[0]["lr"],
+                      "img_per_s": round(seen / max(train_time, 1e-9), 1), "time_s": round(time.time() - t0, 1)}
+            metrics_log.log(record)
+            save_last(loop, net, scaler, state, d)
+            loop.log(_epoch_line(record, loop.epochs, loop.metric_format))
+            if stopping > 0:
+                where = f"after epoch {epoch + 1}"
+                return _stop(loop, net, scaler, state, metrics, metrics_log, stop, resumed, d, where)
     metrics_log.close()
     return FitResult(state, metrics, resumed=resumed)
+
+
+def resume(loop: Loop, net: nn.Module, scaler: torch.amp.GradScaler | None) -> tuple[FitState, bool]:
+    """Load ``output/last.pt`` into the model, EMA, optimiser and scaler; (its position, True), or a fresh start."""
+    last = loop.output / LAST
+    if not last.exists():
+        return FitState(), False
+    saved = load_training_state(last)
+    try:
+        net.load_state_dict(saved["model"])
+        if loop.ema is not None and "model_ema" in saved:
+            loop.ema.module.load_state_dict(saved["model_ema"])
+        loop.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"cannot resume from {last}: it belongs to a different model or setup "
+            f"({str(e).strip().splitlines()[0][:120]}); use another --output or move it away"
+        ) from None
+    if scaler is not None and "scaler" in saved:
+        scaler.load_state_dict(saved["scaler"])
+    state = FitState(**saved["fit_state"])
+    where = f"epoch {state.epoch + 1}/{loop.epochs}" + (f", batch {state.step}" if state.step else "")
+    if state.epoch >= loop.epochs:
+        where = f"the end ({loop.epochs} epochs done)"
+    loop.log(f"resumed from {last} at {where}")
+    return state, True
+
+
+def save_last(loop: Loop, net: nn.Module, scaler: torch.amp.GradScaler | None, state: FitState, d: Distributed) -> None:
+    """Write ``output/last.pt`` (rank 0): weights, EMA, optimiser, scaler, position, metadata and settings."""
+    if not d.is_main:
+        return
+    blob = {"model": net.state_dict(), "optimizer": loop.optimizer.state_dict(), "fit_state": asdict(state)}
+    if loop.ema is not None:
+        blob["model_ema"] = loop.ema.module.state_dict()
+    if scaler is not None:
+        blob["scaler"] = scaler.state_dict()
+    blob["metadata"] = loop.metadata()
+    blob["settings"] = loop.settings
+    atomic_save(blob, loop.output / LAST)
+
+
+def train_one_epoch(
+    loop: Loop, net: nn.Module, scaler: torch.amp.GradScaler | None, state: FitState, epoch: int,
+    stop: StopRequest, d: Distributed,
+) -> tuple[float, float, float] | None:
+    """One epoch from batch ``state.step`` on: (loss sum, loss count, images) of this process, or None when
+    a stop request ended it early (after an optimiser step; ``state.step`` says where)."""
+    model, loader = loop.model, loop.train_loader
+    seed_all(loop.seed + 1000 * epoch + d.rank)
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.start = state.step * loader.batch_size
+    batches = state.step + len(loader)
+    model.train()
+    t0, seen, loss_sum, loss_n = time.time(), 0, 0.0, 0
+    bar = _progress(batches, state.step, f"epoch {epoch + 1}/{loop.epochs}", d.is_main)
+    try:
+        for i, batch in enumerate(loader, start=state.step):
+            boundary = (i + 1) % loop.accum_steps == 0 or i + 1 == batches
+            # DDP all-reduces gradients only on the micro-batch that ends an accumulation window
+            sync = contextlib.nullcontext() if boundary or not d.enabled else model.no_sync()
+            with sync:
+                with torch.autocast(d.device.type, loop.amp_dtype or torch.float32, loop.amp_dtype is not None):
+                    loss, n = loop.loss_fn(model, batch, epoch)
+                (scaler.scale(loss / loop.accum_steps) if scaler else loss / loop.accum_steps).backward()
+            # the one host sync per micro-batch: the finiteness check must precede the optimiser step
+            loss_value = loss.detach().float().item()
+            flags = torch.tensor([float(not math.isfinite(loss_value)), float(stop.signum is not None)])
+            flags = all_reduce_sum(flags, d)
+            if flags[0] > 0:
+                loop.optimizer.zero_grad(set_to_none=True)
+                raise _diverged(loop.output / LAST, loss_value, epoch, i)
+            loss_sum, loss_n, seen = loss_sum + loss_value * n, loss_n + n, seen + n
+            if boundary:
+                _optimizer_step(loop, net, scaler)
+                state.updates += 1
+                loop.scheduler.step_update(state.updates)
+                if loop.ema is not None:
+                    loop.ema.update(net, step=state.updates)
+                state.step = i + 1
+            if bar is not None:
+                rate = seen * d.world_size / max(time.time() - t0, 1e-9)
+                lr = loop.optimizer.param_groups[0]["lr"]
+                bar.set_postfix_str(f"loss {loss_sum / loss_n:.4f} lr {lr:.2e} {rate:.0f} img/s", refresh=False)
+                bar.update(1)
+            if flags[1] > 0 and boundary:
+                return None
+    finally:
+        if bar is not None:
+            bar.close()  # before any message, so an error's one line does not land on the bar
+    return loss_sum, float(loss_n), float(seen)
+
+
+def _diverged(last: Path, loss_value: float, epoch: int, i: int) -> TrainingDivergedError:
+    kept = (f"{last} (after epoch {_saved_epoch(last)}) is the last good checkpoint" if last.exists()
+            else "no checkpoint was written yet")
+    return TrainingDivergedError(
+        f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}: stopped without saving; {kept}. Lower the "
+        "learning rate (--lr) or turn off --amp, then run the same command to resume"
+    )
+
+
+def _stop(loop: Loop, net: nn.Module, scaler, state: FitState, metrics: dict, metrics_log: MetricsLog,
+          stop: StopRequest, resumed: bool, d: Distributed, where: str) -> FitResult:
+    """Save ``last.pt`` on a stop request and say how to resume."""
+    save_last(loop, net, scaler, state, d)
+    signum = stop.signum or signal.SIGTERM
+    loop.log(f"{signal.Signals(signum).name}: saved {loop.output / LAST} {where}; run the same command to resume")
+    metrics_log.close()
+    return FitResult(state, metrics, stopped_by=signum, resumed=resumed)
 
 
 def _optimizer_step(loop: Loop, net: nn.Module, scaler: torch.amp.GradScaler | None) -> None:
