@@ -50,3 +50,8 @@ def timm_reference():
         return randomize_(timm.create_model(name, **kwargs), seed).eval()
 
     return make
+
+
+def relative_error(reference, other) -> float:
+    """max |other - reference| / max |reference|, for torch tensors or numpy arrays."""
+    return float(abs(reference - other).max() / abs(reference).max())

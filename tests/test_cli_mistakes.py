@@ -209,3 +209,24 @@ def test_predict_on_a_folder_names_the_files_it_did_not_read(files, tmp_path, ca
     assert [r["image"] for r in json.loads(captured.out)] == [str(folder / "photo.png")]
     assert captured.err.strip() == (f"note: skipped 2 files that are not images Pillow reads: "
                                     f"{folder / 'IMG_0001.heic'}, {folder / 'notes.txt'}")
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
+def test_a_missing_onnx_extra_is_one_line_naming_it(module, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without it raises on import
+    assert main(["export", "efficientvim_m1", "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"needs {module}, which is not installed: pip install 'efficientvim[onnx]'")
+    assert len(err.splitlines()) == 1
+
+
+def test_training_without_tensorboard_says_so_and_keeps_its_other_logs(tmp_path, monkeypatch, capsys):
+    from efficientvim.train.engine import MetricsLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    log = MetricsLog(tmp_path, enabled=True, keep_epochs=0)
+    log.log({"epoch": 1, "train_loss": 1.0, "top1": 50.0})
+    log.close()
+    assert "pip install 'efficientvim[tensorboard]'" in capsys.readouterr().err
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1 and (tmp_path / "curves.png").is_file()
+    assert not (tmp_path / "tensorboard").exists()

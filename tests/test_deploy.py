@@ -10,15 +10,11 @@ import torch
 from torch import nn
 
 import efficientvim
-from conftest import randomize_
+from conftest import randomize_, relative_error
 from efficientvim import deploy
 from efficientvim.deploy import SMALL_GEMM_TOKENS, fuse
 
 ALL_VARIANTS = efficientvim.list_models()
-
-
-def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
-    return ((reference - other).abs().max() / reference.abs().max()).item()
 
 
 def _random_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -41,7 +37,7 @@ def test_fused_classifier_matches_original_on_square_and_non_square_inputs(name)
         with torch.no_grad():
             expected, got = model(x), fused(x)
         assert got.shape == expected.shape == (2, 10)
-        assert _relative_error(expected, got) < 1e-4, size
+        assert relative_error(expected, got) < 1e-4, size
 
 
 @pytest.mark.parametrize("name", ["efficientvim_m2", "efficientvim_m4_dist"])
@@ -50,7 +46,7 @@ def test_channels_first_layout_computes_the_same_logits(name):
     x = torch.randn(2, 3, 64, 128)
     with torch.no_grad():
         expected, got = model(x), fuse(model, layout="channels_first")(x)
-    assert _relative_error(expected, got) < 1e-4
+    assert relative_error(expected, got) < 1e-4
 
 
 def test_fused_distilled_model_returns_the_mean_of_both_heads():
@@ -64,7 +60,7 @@ def test_fused_distilled_model_returns_the_mean_of_both_heads():
         z, z_dist = model(x)
         model.eval()
         got = fuse(model)(x)
-    assert _relative_error((z + z_dist) / 2, got) < 1e-4
+    assert relative_error((z + z_dist) / 2, got) < 1e-4
 
 
 def test_fused_model_without_classes_returns_the_pooled_features():
@@ -73,7 +69,7 @@ def test_fused_model_without_classes_returns_the_pooled_features():
     with torch.no_grad():
         expected, got = model(x), fuse(model)(x)
     assert got.shape == (2, model.num_features)
-    assert _relative_error(expected, got) < 1e-4
+    assert relative_error(expected, got) < 1e-4
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
@@ -85,7 +81,7 @@ def test_fused_feature_extractor_matches_every_level(layout):
     assert len(got) == 5
     for level, (e, g) in enumerate(zip(expected, got)):
         assert g.shape == e.shape, level
-        assert _relative_error(e, g) < 1e-4, level
+        assert relative_error(e, g) < 1e-4, level
 
 
 def test_fused_feature_extractor_keeps_its_out_indices():
@@ -94,7 +90,7 @@ def test_fused_feature_extractor_keeps_its_out_indices():
     with torch.no_grad():
         expected, got = model(x), fuse(model)(x)
     assert [g.shape for g in got] == [e.shape for e in expected] == [(1, 112, 8, 8), (1, 320, 2, 2)]
-    assert max(_relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
+    assert max(relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
 
 
 def test_fuse_leaves_the_input_model_untouched(m1_pair):
@@ -142,7 +138,7 @@ def test_fused_model_stays_exact_with_nearly_open_and_closed_gates():
     with torch.no_grad():
         got = fuse(model)(x)
         expected = model.double()(x.double())
-    assert _relative_error(expected, got.double()) < 1e-4
+    assert relative_error(expected, got.double()) < 1e-4
 
 
 def test_fuse_rejects_other_modules():
@@ -157,7 +153,7 @@ def test_fused_model_matches_when_projections_run_as_convolutions():
     assert SMALL_GEMM_TOKENS <= 4 * (256 // 16) ** 2
     with torch.no_grad():
         expected, got = model(x), fuse(model)(x)
-    assert _relative_error(expected, got) < 1e-4
+    assert relative_error(expected, got) < 1e-4
 
 
 def test_fused_model_uses_weights_loaded_after_it_has_run():
@@ -175,8 +171,8 @@ def test_fused_model_uses_weights_loaded_after_it_has_run():
         before = fused(x)
         fused.load_state_dict(fuse(second).state_dict())
         expected, got = second(x), fused(x)
-    assert _relative_error(expected, got) < 1e-4
-    assert _relative_error(expected, before) > 1e-2
+    assert relative_error(expected, got) < 1e-4
+    assert relative_error(expected, before) > 1e-2
 
 
 def _tiny_fused() -> tuple[nn.Module, nn.Module]:
@@ -191,7 +187,7 @@ def test_batch_one_convolutions_run_on_packed_weights_and_stay_exact():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected, got = model(x), fused(x)
-    assert _relative_error(expected, got) < 1e-4
+    assert relative_error(expected, got) < 1e-4
     depthwise = fused.stages[0].blocks[0].dwconv1
     assert list(depthwise.packed) == [(1, 32, 4, 4)]  # the packed path ran, keyed by the input shape
 
@@ -201,7 +197,7 @@ def test_packed_weight_cache_is_bounded_and_never_copied():
     with torch.no_grad():
         for size in range(64, 64 + 16 * (deploy.PACKED_SHAPES + 2), 16):
             x = torch.randn(1, 3, size, size)
-            assert _relative_error(model(x), fused(x)) < 1e-4
+            assert relative_error(model(x), fused(x)) < 1e-4
         caches = [m.packed for m in fused.modules() if isinstance(m, deploy.TokenConv)]
         assert max(len(c) for c in caches) <= deploy.PACKED_SHAPES
         # copies and pickles (torch.save of the whole module) start empty and repack on first use
@@ -223,7 +219,7 @@ def test_state_channels_are_padded_to_whole_blocks_without_changing_the_output()
     assert torch.count_nonzero(block.bcdt_proj.weight[18:]) == 0
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        assert _relative_error(model(x), fused(x)) < 1e-4
+        assert relative_error(model(x), fused(x)) < 1e-4
 
 
 def test_model_fused_under_inference_mode_runs_and_matches():
@@ -233,4 +229,4 @@ def test_model_fused_under_inference_mode_runs_and_matches():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         fused = fuse(model)
-        assert _relative_error(model(x), fused(x)) < 1e-4
+        assert relative_error(model(x), fused(x)) < 1e-4

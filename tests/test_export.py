@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import efficientvim
-from conftest import randomize_
+from conftest import randomize_, relative_error
 from efficientvim import export
 from efficientvim.cli import main
 from efficientvim.errors import ExportError
@@ -27,10 +27,6 @@ TINY = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4))
 def _tiny(seed: int = 0, **kwargs) -> torch.nn.Module:
     kwargs = {"num_classes": 4, "img_size": 64, **TINY, **kwargs}
     return randomize_(efficientvim.create_model("efficientvim_m1", **kwargs), seed).eval()
-
-
-def _relative_error(reference: np.ndarray, other: np.ndarray) -> float:
-    return float(np.abs(reference - other).max() / np.abs(reference).max())
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,7 @@ def test_onnx_export_matches_pytorch_on_a_non_square_batch_of_two(onnx_file):
         expected = model(x).numpy()
     got = session.run(None, {"images": x.numpy()})[0]
     assert got.shape == (2, 3)
-    assert _relative_error(expected, got) < 1e-4
+    assert relative_error(expected, got) < 1e-4
 
 
 def test_onnx_export_has_dynamic_batch_height_width_and_a_recent_opset(onnx_file):
@@ -77,7 +73,7 @@ def test_feature_extractor_exports_every_level_to_onnx(tmp_path):
         expected = [t.numpy() for t in model(x)]
     got = session.run(None, {"images": x.numpy()})
     assert [g.shape for g in got] == [e.shape for e in expected] == [(2, 16, 8, 16), (2, 64, 1, 2)]
-    assert max(_relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
+    assert max(relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -90,7 +86,7 @@ def test_torchscript_export_matches_pytorch_on_a_non_square_batch_and_keeps_the_
     loaded = torch.jit.load(str(path))
     x = torch.randn(2, 3, 192, 128)
     with torch.no_grad():
-        assert _relative_error(model(x).numpy(), loaded(x).numpy()) < 1e-4
+        assert relative_error(model(x).numpy(), loaded(x).numpy()) < 1e-4
 
 
 def test_export_refuses_to_report_success_when_the_check_fails(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .deploy import fuse
-from .errors import EfficientViMError, UnknownModelError
+from .errors import EfficientViMError, UnknownModelError, import_extra
 from .export import EXPORT_LAYOUT
 from .registry import create_model, list_models, model_config
 
@@ -48,13 +48,13 @@ DEFAULT_MODELS = (
     *(f"{TIMM_PREFIX}efficientvim_m{i}" for i in range(1, 5)),
     *(TIMM_PREFIX + p for p in TIMM_PEERS),
 )
-# Published ImageNet-1k top-1 (%) of the released weights, for the speed-accuracy plot only.
-# EfficientViM: 450-epoch weights; peers as quoted in the EfficientViM paper.
-PUBLISHED_TOP1 = {
-    "efficientvim_m1": 73.5, "efficientvim_m2": 75.8, "efficientvim_m3": 77.9, "efficientvim_m4": 79.6,
+# Published ImageNet-1k top-1 (%), for the speed-accuracy plot only: EfficientViM's from the registry
+# (450-epoch weights), the peers' as quoted in the EfficientViM paper.
+PEER_TOP1 = {
     "shvit_s1": 72.8, "shvit_s2": 75.2, "shvit_s3": 77.4, "shvit_s4": 79.4,
     "mobilenetv3_large_100": 75.2, "efficientvit_m2": 70.8, "efficientvit_m4": 74.3, "efficientvit_m5": 77.1,
 }  # fmt: skip
+PUBLISHED_TOP1 = {**{name: model_config(name)["top1"] for name in list_models("*m?")}, **PEER_TOP1}
 
 
 class BenchmarkError(EfficientViMError):
@@ -131,8 +131,7 @@ class _Runner:
     def _onnx(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
         import warnings
 
-        import onnxruntime as ort
-
+        ort = import_extra("onnxruntime", "onnx", "The onnxruntime benchmark runtime")
         path = workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
         if not path.exists():
             sample = torch.zeros(1, 3, 224, 224)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class EfficientViMError(Exception):
     """Base class for mistakes in user input (names, files, sizes), as opposed to bugs."""
@@ -33,3 +36,17 @@ class ImageFileError(EfficientViMError, ValueError):
 
 class ExportError(EfficientViMError):
     """An export that could not be written or does not reproduce the PyTorch model, or a file that is not one."""
+
+
+class MissingExtraError(EfficientViMError, ImportError):
+    """An optional dependency that is not installed; the message names the extra that brings it."""
+
+
+def import_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """``importlib.import_module(module)``, or a MissingExtraError saying which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed: pip install 'efficientvim[{extra}]'"
+        ) from None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .deploy import FusedEfficientViM, FusedEfficientViMFeatures, fuse
-from .errors import ExportError, InputSizeError
+from .errors import ExportError, InputSizeError, import_extra
 from .predict import class_names
 
 EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
@@ -100,9 +100,8 @@ def export_onnx(
     The file is checked with ONNX Runtime against the PyTorch model on a square and a non-square
     batch; :class:`ExportError` if it is off by more than ``EXPORT_TOLERANCE``.
     """
-    import onnx
-    import onnxruntime as ort
-
+    onnx = import_extra("onnx", "onnx", "ONNX export")
+    ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
     reference, graph = _prepare(model)

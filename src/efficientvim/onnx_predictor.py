@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ExportError
+from .errors import ExportError, import_extra
 from .images import read_image, to_rgb
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
@@ -34,12 +34,8 @@ class OnnxPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        try:
-            import onnx
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ImportError(f"OnnxPredictor needs onnx and onnxruntime ({e.name} is missing): "
-                              "pip install onnx onnxruntime") from None
+        onnx = import_extra("onnx", "onnx", "OnnxPredictor")
+        ort = import_extra("onnxruntime", "onnx", "OnnxPredictor")
 
         path = Path(path)
         if not path.is_file():

@@ -7,14 +7,12 @@ import fnmatch
 import os
 from dataclasses import dataclass
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .errors import CheckpointError, UnknownModelError
 from .model import EfficientViM, EfficientViMFeatures
 from .weights import STAGE_LAYOUT, Checkpoint, load_into
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,8 @@ def _default_cfg(name: str, img_size: int, in_chans: int, num_classes: int) -> d
         input_size=(in_chans, img_size, img_size),
         crop_pct=0.875,
         interpolation="bicubic",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
         num_classes=num_classes,
         label_names=None,
     )

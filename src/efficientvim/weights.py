@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .errors import CheckpointError
@@ -266,8 +267,8 @@ def save_weights(
         "input_size": list(cfg.get("input_size", (3, 224, 224))),
         "crop_pct": cfg.get("crop_pct", 0.875),
         "interpolation": cfg.get("interpolation", "bicubic"),
-        "mean": list(cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": list(cfg.get("std", (0.229, 0.224, 0.225))),
+        "mean": list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+        "std": list(cfg.get("std", IMAGENET_DEFAULT_STD)),
         "class_names": list(names) if names is not None else None,
         # the stage layout, so load_model also rebuilds models made with overrides of a registered variant
         **{k: list(getattr(model, k)) for k in STAGE_LAYOUT if hasattr(model, k)},

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import EfficientViMError
+from ..errors import EfficientViMError, import_extra
 from ..images import is_image_name, read_image
 from .segmentation import IGNORE_INDEX
 
@@ -44,8 +44,7 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, image_dir: str | os.PathLike, annotation_file: str | os.PathLike, hflip: bool = False) -> None:
-        from pycocotools.coco import COCO
-
+        COCO = import_extra("pycocotools.coco", "coco", "COCO detection data and mAP").COCO  # noqa: N806 (the class)
         self.image_dir = Path(image_dir)
         annotation_file = Path(annotation_file)
         if not annotation_file.is_file():
@@ -92,8 +91,7 @@ class CocoDetection(Dataset):
         return image, target
 
     def _mask(self, ann: dict, height: int, width: int) -> torch.Tensor:
-        from pycocotools import mask as mask_utils
-
+        mask_utils = import_extra("pycocotools.mask", "coco", "COCO detection data and mAP")
         seg = ann["segmentation"]
         if isinstance(seg, list):
             rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -18,7 +19,6 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import EfficientViMError
 from ..model import EfficientViMFeatures
-from ..registry import IMAGENET_MEAN, IMAGENET_STD
 from .backbone import EfficientViMFPN, build_backbone
 
 ARCHS = ("retinanet", "fcos", "fasterrcnn", "maskrcnn")
@@ -72,8 +72,8 @@ def create_detector(
     common = dict(
         min_size=min_size,
         max_size=max_size,
-        image_mean=list(cfg.get("mean", IMAGENET_MEAN)),
-        image_std=list(cfg.get("std", IMAGENET_STD)),
+        image_mean=list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+        image_std=list(cfg.get("std", IMAGENET_DEFAULT_STD)),
         # anchors read each level's stride as image size // map size: pad to the coarsest stride
         size_divisible=strides[-1],
     )

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import import_extra
 from .segmentation import IGNORE_INDEX
 
 
 def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
+    mask_utils = import_extra("pycocotools.mask", "coco", "COCO detection data and mAP")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -43,8 +43,7 @@ def detections_to_coco(
 
 def targets_to_coco(targets: Sequence[dict], image_sizes: Sequence[tuple[int, int]], num_classes: int):
     """Ground truth targets (boxes xyxy, labels, optional masks, image_id) as a pycocotools COCO object."""
-    from pycocotools.coco import COCO
-
+    COCO = import_extra("pycocotools.coco", "coco", "COCO detection data and mAP").COCO  # noqa: N806 (the class)
     images, annotations = [], []
     for target, (height, width) in zip(targets, image_sizes):
         image_id = int(target["image_id"])
@@ -77,8 +76,7 @@ def targets_to_coco(targets: Sequence[dict], image_sizes: Sequence[tuple[int, in
 
 def coco_map(coco_gt, results: list[dict], iou_type: str = "bbox") -> dict[str, float]:
     """COCO AP over IoU 0.5:0.95, at 0.5 and at 0.75 (``iou_type`` "bbox" or "segm")."""
-    from pycocotools.cocoeval import COCOeval
-
+    COCOeval = import_extra("pycocotools.cocoeval", "coco", "COCO detection data and mAP").COCOeval  # noqa: N806 (the class)
     if not results:  # loadRes refuses an empty list; no detections score zero
         return {"mAP": 0.0, "mAP@50": 0.0, "mAP@75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):

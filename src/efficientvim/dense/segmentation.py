@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..errors import EfficientViMError
 from ..model import EfficientViMFeatures
-from ..registry import IMAGENET_MEAN, IMAGENET_STD
 from .backbone import EfficientViMFPN, build_backbone
 
 ARCHS = ("semantic_fpn",)
@@ -61,8 +61,8 @@ class SemanticFPN(nn.Module):
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         cfg = getattr(backbone.body, "pretrained_cfg", None) or {}
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", IMAGENET_STD)).view(1, -1, 1, 1), persistent=False)
+        for name, default in (("mean", IMAGENET_DEFAULT_MEAN), ("std", IMAGENET_DEFAULT_STD)):
+            self.register_buffer(name, torch.tensor(cfg.get(name, default)).view(1, -1, 1, 1), persistent=False)
         weight = torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None
         if weight is not None and weight.numel() != num_classes:
             raise EfficientViMError(f"class_weight needs {num_classes} entries, got {weight.numel()}")

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import build_datasets
 from ..errors import CheckpointError, DataError
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, create_model, load_model
+from ..registry import create_model, load_model
 from ..weights import STAGE_LAYOUT, Checkpoint, save_weights
 from .engine import (
     RUN_ONLY_SETTINGS,
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
     model_args = dict(cfg.model_args)  # a save_weights checkpoint supplies its own stage layout
 
     # data, normalised with the ImageNet statistics the published weights expect
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     train_tf = train_transform(cfg, mean, std)
     preprocess = dict(interpolation=cfg.interpolation, mean=mean, std=std, crop_pct=cfg.crop_pct)
     train_ds, val_ds, classes = build_datasets(

@@ -207,8 +207,12 @@ class MetricsLog:
                 self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["epoch"] <= keep_epochs]
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
-        from torch.utils.tensorboard import SummaryWriter
-
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # an optional extra: metrics.jsonl and curves.png carry the same numbers
+            print("note: no TensorBoard logs (tensorboard is not installed: pip install "
+                  "'efficientvim[tensorboard]')", file=sys.stderr)
+            return
         self.writer = SummaryWriter(str(output / "tensorboard"))
 
     def log(self, record: dict) -> None:
@@ -217,10 +221,11 @@ class MetricsLog:
         self.records.append(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "epoch" and isinstance(value, int | float):
-                self.writer.add_scalar(key, value, record["epoch"])
-        self.writer.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, record["epoch"])
+            self.writer.flush()
         plot_curves(self.records, self.output / "curves.png", self.metrics_title)
 
     def close(self) -> None:
