@@ -80,7 +80,7 @@ def _resident_mb() -> float:
 
 def packed_memory() -> str:
     import efficientvim
-    from efficientvim.deploy import PackedWeights
+    from efficientvim.kernels import PackedWeights
 
     fused = efficientvim.fuse(efficientvim.create_model("efficientvim_m1").eval())
     weights_mb = sum(p.numel() * p.element_size() for p in fused.parameters()) / 2**20

@@ -11,8 +11,9 @@ from torch import nn
 
 import efficientvim
 from conftest import randomize_, relative_error
-from efficientvim import deploy
-from efficientvim.deploy import SMALL_GEMM_TOKENS, fuse
+from efficientvim import deploy, kernels
+from efficientvim.deploy import fuse
+from efficientvim.kernels import SMALL_GEMM_TOKENS
 
 ALL_VARIANTS = efficientvim.list_models()
 
@@ -181,7 +182,7 @@ def _tiny_fused() -> tuple[nn.Module, nn.Module]:
     return model, fuse(model)
 
 
-@pytest.mark.skipif(not deploy._MKLDNN_PACKED, reason="this PyTorch build has no oneDNN packed convolution")
+@pytest.mark.skipif(not kernels.MKLDNN_PACKED, reason="this PyTorch build has no oneDNN packed convolution")
 def test_batch_one_convolutions_run_on_packed_weights_and_stay_exact():
     model, fused = _tiny_fused()
     x = torch.randn(1, 3, 64, 64)
@@ -195,11 +196,11 @@ def test_batch_one_convolutions_run_on_packed_weights_and_stay_exact():
 def test_packed_weight_cache_is_bounded_and_never_copied():
     model, fused = _tiny_fused()
     with torch.no_grad():
-        for size in range(64, 64 + 16 * (deploy.PACKED_SHAPES + 2), 16):
+        for size in range(64, 64 + 16 * (kernels.PACKED_SHAPES + 2), 16):
             x = torch.randn(1, 3, size, size)
             assert relative_error(model(x), fused(x)) < 1e-4
         caches = [m.packed for m in fused.modules() if isinstance(m, deploy.TokenConv)]
-        assert max(len(c) for c in caches) <= deploy.PACKED_SHAPES
+        assert max(len(c) for c in caches) <= kernels.PACKED_SHAPES
         # copies and pickles (torch.save of the whole module) start empty and repack on first use
         clone = copy.deepcopy(fused)
         buffer = io.BytesIO()

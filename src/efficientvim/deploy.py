@@ -26,10 +26,8 @@ inference-only copy that computes the same function with fewer, larger operation
   keeps NCHW maps instead, for ONNX Runtime (see :func:`fuse`).
 * HSM-SSD's B, C and dt channels are padded with zeros to whole 16-channel blocks, which the
   CPU kernels of oneDNN and ONNX Runtime run faster than a ragged remainder.
-* Batch-1 sized work in eager PyTorch on CPU (float32) runs on weights packed once into the
-  kernel library's own format, cached per input shape (:class:`PackedWeights`): MKL's GEMM for
-  the projections, oneDNN's convolution (with the ReLU inside) for depthwise and stem convs.
-  Otherwise a small layer's time is mostly spent re-packing its weight on every call.
+* Which library call runs each operation (weights pre-packed for batch-1 sizes, sums inside the
+  GEMM) is decided in :mod:`efficientvim.kernels`.
 
 All folding is done in float64 and cast back, so the fused model matches the original to
 float32 rounding (tests check 1e-4 relative on random weights).
@@ -44,6 +42,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hsm_ssd import HSMSSD
+from .kernels import (
+    PACKED_GEMM_TOKENS,
+    SMALL_GEMM_TOKENS,
+    PackedWeights,
+    accumulate,
+    eager,
+    packed_conv2d,
+    packed_linear,
+)
 from .layers import ConvNorm, PatchMerging, Stem
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, EfficientViMStage, _check_input
 
@@ -52,15 +59,10 @@ CHANNEL_BLOCK = 16
 # Largest gate ratio r3 = s3 / (1 - s3) for which the FFN output bias is moved in front of the FFN;
 # the move costs fc1 about r3 * eps of relative precision.
 MAX_MOVED_BIAS_GAIN = 16.0
-# Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
-SMALL_GEMM_TOKENS = 1024
-# Most rows (tokens) for which a projection uses MKL's pre-packed GEMM (batch-1 sizes); above
-# it, batch-32 runs were faster on the plain GEMM.
-PACKED_GEMM_TOKENS = 256
 
 
-def _frozen(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
-    return nn.Parameter(t.detach().to(dtype).contiguous(), requires_grad=False)
+def _frozen(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format = torch.contiguous_format):
+    return nn.Parameter(t.detach().to(dtype).contiguous(memory_format=memory_format), requires_grad=False)
 
 
 def _conv_bn(m: ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,100 +71,6 @@ def _conv_bn(m: ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
     scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
     weight = m.conv.weight.double() * scale.view(-1, 1, 1, 1)
     return weight, bn.bias.double() - bn.running_mean.double() * scale
-
-
-def _accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x + a @ b with ``op`` = torch.addmm or torch.baddbmm, in place when running eagerly.
-
-    In place saves a pass over x (x is always a fresh intermediate here); traced graphs (ONNX,
-    TorchScript) get the functional op, since the exporters do not keep in-place semantics.
-    """
-    if torch.jit.is_tracing():
-        return op(x, a, b)
-    return getattr(x, op.__name__ + "_")(a, b)
-
-
-def _eager() -> bool:
-    """Whether this call runs eagerly, neither traced (ONNX, TorchScript) nor under torch.compile."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
-# MKL's GEMM on a weight packed once beforehand; absent from PyTorch builds without MKL.
-_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-# oneDNN's convolution on a weight reordered once beforehand (the op torch.compile's CPU backend emits).
-_MKLDNN_PACKED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-# Largest input (elements) for which a dense convolution (the stem) runs on a pre-reordered weight; at
-# batch 32 oneDNN's plain path was as fast or faster. Depthwise convolutions always use one.
-PACKED_CONV_ELEMENTS = 1 << 18
-# Input shapes a module keeps packed weights for; a model fed ever new sizes repacks the oldest away.
-PACKED_SHAPES = 8
-
-
-class PackedWeights(dict):
-    """Weights a kernel library has packed for one input shape: shape -> (stamp, packed weight).
-
-    A cache, not state: copies and pickles of the module start it empty, and an entry whose stamp
-    (the weight's version and storage) no longer matches is packed again, so weights loaded after
-    the model has run are used.
-    """
-
-    def get_or_pack(self, key, weight: torch.Tensor, pack):
-        # inference tensors (a model fused under torch.inference_mode) keep no version counter
-        stamp = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
-        entry = self.get(key)
-        if entry is None or entry[0] != stamp:
-            if key not in self and len(self) >= PACKED_SHAPES:
-                del self[next(iter(self))]
-            entry = self[key] = (stamp, pack())
-        return entry[1]
-
-    def __deepcopy__(self, memo) -> PackedWeights:
-        return PackedWeights()
-
-    def __reduce__(self):
-        return PackedWeights, ()
-
-
-def _native_cpu_fp32(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.device.type == "cpu" and _eager()
-
-
-def _packed_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeights
-) -> torch.Tensor:
-    """F.linear(x, weight, bias), for at most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
-
-    With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
-    the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
-    holds one packed weight per token count (a batch-1 model sees the same few every call).
-    Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
-    """
-    rows = x.numel() // x.shape[-1]
-    if not (_MKL_PACKED and rows <= PACKED_GEMM_TOKENS and _native_cpu_fp32(x)):
-        return F.linear(x, weight, bias)
-    packed_weight = packed.get_or_pack(rows, weight, lambda: torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
-    return torch.ops.mkl._mkl_linear(x, packed_weight, weight, bias, rows)
-
-
-def _packed_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int, groups: int,
-    relu: bool, packed: PackedWeights,
-) -> torch.Tensor:
-    """F.conv2d (+ ReLU) with the weight in oneDNN's own format, reordered once per input shape.
-
-    ``F.conv2d`` reorders the weight on every call, which is most of a small depthwise conv's time
-    (batch 1); the ReLU runs inside the convolution. Falls back to F.conv2d where oneDNN's op is
-    absent, for large dense convolutions (see ``PACKED_CONV_ELEMENTS``), and for other dtypes and
-    devices, traced graphs and torch.compile.
-    """
-    if not (_MKLDNN_PACKED and (groups > 1 or x.numel() <= PACKED_CONV_ELEMENTS) and _native_cpu_fp32(x)):
-        x = F.conv2d(x, weight, bias, stride, padding, 1, groups)
-        return x.relu_() if relu else x  # in place: the conv output is a fresh tensor
-    pad, step = [padding, padding], [stride, stride]
-    packed_weight = packed.get_or_pack(tuple(x.shape), weight, lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
-        weight.to_mkldnn(), pad, step, [1, 1], groups, list(x.shape)))
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, packed_weight, bias, pad, step, [1, 1], groups, "relu" if relu else "none", [], "")
 
 
 def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
@@ -186,15 +94,19 @@ class TokenConv(nn.Module):
     With ``channels_first`` it takes and returns NCHW.
     """
 
-    channels_first = False
-
     def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, groups: int, relu: bool, dtype: torch.dtype
+        self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, groups: int, relu: bool, dtype: torch.dtype,
+        channels_first: bool,
     ) -> None:
         super().__init__()
+        self.channels_first = channels_first
         self.pointwise = weight.shape[-1] == 1 and groups == 1
-        # a 1x1 projection keeps its weight as a (C_out, C_in) matrix, the operand of F.linear
-        self.weight = _frozen(weight.flatten(1) if self.pointwise else weight, dtype)
+        # a 1x1 projection keeps its weight as a (C_out, C_in) matrix, the operand of F.linear; a dense
+        # (stem) convolution on channels-last maps keeps its weight channels-last too, so it is not
+        # reordered on every call
+        dense_on_tokens = groups == 1 and not self.pointwise and not channels_first
+        self.weight = _frozen(weight.flatten(1) if self.pointwise else weight, dtype,
+                              torch.channels_last if dense_on_tokens else torch.contiguous_format)
         self.bias = _frozen(bias, dtype) if bias is not None else None
         self.stride = stride
         self.padding = weight.shape[-1] // 2
@@ -204,26 +116,25 @@ class TokenConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pointwise and not self.channels_first and x.numel() < SMALL_GEMM_TOKENS * x.shape[-1]:
-            x = _packed_linear(x, self.weight, self.bias, self.packed)
+            x = packed_linear(x, self.weight, self.bias, self.packed)
             return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
         weight = _as_1x1(self.weight) if self.pointwise else self.weight
-        x = _packed_conv2d(x, weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.packed)
+        x = packed_conv2d(x, weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.packed)
         return x if self.channels_first else x.permute(0, 2, 3, 1)
 
 
 class FusedStem(nn.Module):
     """The four stride-2 Conv-BN layers of the stem; the input image is made channels-last once."""
 
-    channels_first = False
-
-    def __init__(self, stem: Stem, dtype: torch.dtype) -> None:
+    def __init__(self, stem: Stem, dtype: torch.dtype, channels_first: bool) -> None:
         super().__init__()
+        self.channels_first = channels_first
         layers = []
         for m in stem.conv:
             weight, bias = _conv_bn(m)
-            layers.append(TokenConv(weight, bias, m.conv.stride[0], 1, hasattr(m, "act"), dtype))
+            layers.append(TokenConv(weight, bias, m.conv.stride[0], 1, hasattr(m, "act"), dtype, channels_first))
         self.conv = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -251,8 +162,11 @@ class FusedBlock(nn.Module):
     ``state_scale`` = 1 / r1 recovers the true h for the MSF head.
     """
 
-    def __init__(self, block: EfficientViMBlock, in_scale: torch.Tensor, dtype: torch.dtype) -> None:
+    def __init__(
+        self, block: EfficientViMBlock, in_scale: torch.Tensor, dtype: torch.dtype, channels_first: bool
+    ) -> None:
         super().__init__()
+        self.channels_first = channels_first
         mixer: HSMSSD = block.mixer
         dim, state_dim = mixer.dim, mixer.state_dim
         self.dim, self.state_dim, self.d_inner, self.eps = dim, state_dim, mixer.d_inner, block.norm.eps
@@ -263,7 +177,7 @@ class FusedBlock(nn.Module):
         # 1. x = (1 - s0) x + s0 DW(x), on the stream x_true = in_scale * x
         weight, bias = _conv_bn(block.dwconv1)
         kernel = s[0].view(-1, 1, 1, 1) * weight + keep[0].view(-1, 1, 1, 1) * _identity_kernel(dim, 3)
-        self.dwconv1 = TokenConv(kernel * in_scale.view(-1, 1, 1, 1), s[0] * bias, 1, dim, False, dtype)
+        self.dwconv1 = TokenConv(kernel * in_scale.view(-1, 1, 1, 1), s[0] * bias, 1, dim, False, dtype, channels_first)
 
         # 2. HSM-SSD on LN(x): the LayerNorm keeps its affine, which costs nothing inside the norm
         #    and spares the rank-one correction h = (gamma * n + beta) P^T would need after the
@@ -275,10 +189,10 @@ class FusedBlock(nn.Module):
         pad = -3 * state_dim % CHANNEL_BLOCK
         self.bcdt_split = (state_dim,) * 3 + ((pad,) if pad else ())
         proj = F.pad(mixer.BCdt_proj.conv.weight.double().flatten(1), (0, 0, 0, pad))
-        self.bcdt_proj = TokenConv(_as_1x1(proj), None, 1, 1, False, dtype)
+        self.bcdt_proj = TokenConv(_as_1x1(proj), None, 1, 1, False, dtype, channels_first)
         dw_bias = torch.cat([torch.zeros(2 * state_dim, dtype=torch.float64), mixer.A.double()])
         dw_weight, dw_bias = F.pad(mixer.dw.conv.weight.double(), (0, 0, 0, 0, 0, 0, 0, pad)), F.pad(dw_bias, (0, pad))
-        self.bcdt_dw = TokenConv(dw_weight, dw_bias, 1, 3 * state_dim + pad, False, dtype)
+        self.bcdt_dw = TokenConv(dw_weight, dw_bias, 1, 3 * state_dim + pad, False, dtype, channels_first)
         self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
         self.skip = _frozen(mixer.D.double(), dtype)  # d
         # y enters the stream as r1 * y = (r1 * W_out g) C
@@ -301,12 +215,10 @@ class FusedBlock(nn.Module):
             bias, b1 = bias + b2, b1 - w1.flatten(1) @ b2
         else:
             self.ffn_bias = _frozen(b2, dtype)
-        self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype)
-        self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype)
+        self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype, channels_first)
+        self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype, channels_first)
         self.fc2_weight = _frozen(w2, dtype)  # (C, hidden)
         self.packed = (PackedWeights(), PackedWeights(), PackedWeights())  # hz_proj, out_proj, fc2
-
-    channels_first = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels_first:
@@ -322,16 +234,16 @@ class FusedBlock(nn.Module):
         p = dt.transpose(1, 2).softmax(dim=-1).mul_(b.transpose(1, 2))
         tokens = x.reshape(batch, height * width, dim)
         h = torch.bmm(p, n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
-        h, z = _packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
-        h = _packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h, (B, N, C)
-        x = _accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
+        h, z = packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
+        h = packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h, (B, N, C)
+        x = accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
         x = self.dwconv2(x)
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias
-        if x.numel() <= PACKED_GEMM_TOKENS * dim and _eager():
-            return x.add_(_packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
-        x = _accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight.t())
+        if x.numel() <= PACKED_GEMM_TOKENS * dim and eager():
+            return x.add_(packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
+        x = accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight.t())
         return x.view(batch, height, width, dim), h
 
     def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,16 +273,17 @@ class FusedBlock(nn.Module):
 class FusedPatchMerging(nn.Module):
     """PatchMerging on (B, H, W, C): residual DW, 1x1 expand, DW stride 2, SE, 1x1 project, residual DW."""
 
-    def __init__(self, m: PatchMerging, in_scale: torch.Tensor, dtype: torch.dtype) -> None:
+    def __init__(self, m: PatchMerging, in_scale: torch.Tensor, dtype: torch.dtype, channels_first: bool) -> None:
         super().__init__()
+        self.channels_first = channels_first
         in_dim = m.dwconv1.conv.in_channels
         weight, bias = _conv_bn(m.dwconv1)
         self.dwconv1 = TokenConv((weight + _identity_kernel(in_dim, 3)) * in_scale.view(-1, 1, 1, 1), bias, 1, in_dim,
-                                 False, dtype)
+                                 False, dtype, channels_first)
         w, b = _conv_bn(m.conv[0])
-        self.expand = TokenConv(w, b, 1, 1, True, dtype)
+        self.expand = TokenConv(w, b, 1, 1, True, dtype, channels_first)
         w, b = _conv_bn(m.conv[1])
-        self.dw = TokenConv(w, b, 2, w.shape[0], True, dtype)
+        self.dw = TokenConv(w, b, 2, w.shape[0], True, dtype, channels_first)
         se = m.conv[2]
         self.se_fc1_weight = _frozen(se.fc1.weight.double().flatten(1), dtype)
         self.se_fc1_bias = _frozen(se.fc1.bias.double(), dtype)
@@ -378,19 +291,17 @@ class FusedPatchMerging(nn.Module):
         self.se_fc2_bias = _frozen(se.fc2.bias.double(), dtype)
         self.packed = (PackedWeights(), PackedWeights())
         w, b = _conv_bn(m.conv[3])
-        self.project = TokenConv(w, b, 1, 1, False, dtype)
+        self.project = TokenConv(w, b, 1, 1, False, dtype, channels_first)
         out_dim = w.shape[0]
         weight, bias = _conv_bn(m.dwconv2)
-        self.dwconv2 = TokenConv(weight + _identity_kernel(out_dim, 3), bias, 1, out_dim, False, dtype)
-
-    channels_first = False
+        self.dwconv2 = TokenConv(weight + _identity_kernel(out_dim, 3), bias, 1, out_dim, False, dtype, channels_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dwconv1(x)
         x = self.dw(self.expand(x))
         spatial = (2, 3) if self.channels_first else (1, 2)
-        se = _packed_linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias, self.packed[0]).relu_()
-        se = _packed_linear(se, self.se_fc2_weight, self.se_fc2_bias, self.packed[1]).sigmoid_()
+        se = packed_linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias, self.packed[0]).relu_()
+        se = packed_linear(se, self.se_fc2_weight, self.se_fc2_bias, self.packed[1]).sigmoid_()
         se = se[:, :, None, None] if self.channels_first else se[:, None, None, :]
         return self.dwconv2(self.project(x * se))
 
@@ -398,15 +309,17 @@ class FusedPatchMerging(nn.Module):
 class FusedStage(nn.Module):
     """Blocks of one stage; ``out_scale`` (C,) maps the returned stream back to the true stage output."""
 
-    def __init__(self, stage: EfficientViMStage, dtype: torch.dtype) -> None:
+    def __init__(self, stage: EfficientViMStage, dtype: torch.dtype, channels_first: bool) -> None:
         super().__init__()
         scale = torch.ones(stage.blocks[0].alpha.shape[1], dtype=torch.float64)
         blocks = []
         for block in stage.blocks:
-            blocks.append(FusedBlock(block, scale, dtype))
+            blocks.append(FusedBlock(block, scale, dtype, channels_first))
             scale = _stream_scale(block)
         self.blocks = nn.ModuleList(blocks)
-        self.downsample = FusedPatchMerging(stage.downsample, scale, dtype) if stage.downsample is not None else None
+        self.downsample = None
+        if stage.downsample is not None:
+            self.downsample = FusedPatchMerging(stage.downsample, scale, dtype, channels_first)
         self.out_scale = _frozen(scale, dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,17 +371,16 @@ class FusedMSFHead(nn.Module):
         pooled = torch.cat(pooled, dim=1)
         if self.num_classes == 0:
             return torch.addcmul(self.bias, pooled, self.weight)
-        return _packed_linear(pooled, self.weight, self.bias, self.packed)
+        return packed_linear(pooled, self.weight, self.bias, self.packed)
 
 
 class _FusedTrunk(nn.Module):
-    channels_first = False
-
-    def __init__(self, model: EfficientViM | EfficientViMFeatures, dtype: torch.dtype) -> None:
+    def __init__(self, model: EfficientViM | EfficientViMFeatures, dtype: torch.dtype, channels_first: bool) -> None:
         super().__init__()
+        self.channels_first = channels_first
         self.in_chans, self.total_stride = model.in_chans, model.total_stride
-        self.patch_embed = FusedStem(model.patch_embed, dtype)
-        self.stages = nn.ModuleList(FusedStage(stage, dtype) for stage in model.stages)
+        self.patch_embed = FusedStem(model.patch_embed, dtype, channels_first)
+        self.stages = nn.ModuleList(FusedStage(stage, dtype, channels_first) for stage in model.stages)
         for name in ("model_name", "pretrained_cfg", "feature_info", "num_classes", "num_features", "embed_dim"):
             if hasattr(model, name):
                 setattr(self, name, copy.deepcopy(getattr(model, name)))
@@ -482,8 +394,8 @@ class _FusedTrunk(nn.Module):
 class FusedEfficientViM(_FusedTrunk):
     """Inference-only EfficientViM classifier built by :func:`fuse`; takes NCHW images, returns logits."""
 
-    def __init__(self, model: EfficientViM, dtype: torch.dtype) -> None:
-        super().__init__(model, dtype)
+    def __init__(self, model: EfficientViM, dtype: torch.dtype, channels_first: bool = False) -> None:
+        super().__init__(model, dtype, channels_first)
         self.head = FusedMSFHead(model, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -506,8 +418,8 @@ class FusedEfficientViMFeatures(_FusedTrunk):
     The maps are channels-last NCHW views of the token-major tensors (no copy).
     """
 
-    def __init__(self, model: EfficientViMFeatures, dtype: torch.dtype) -> None:
-        super().__init__(model, dtype)
+    def __init__(self, model: EfficientViMFeatures, dtype: torch.dtype, channels_first: bool = False) -> None:
+        super().__init__(model, dtype, channels_first)
         self.out_indices = model.out_indices
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -541,23 +453,16 @@ def fuse(
     Inputs and outputs are NCHW either way.
 
     On CPU in float32, the first eager call with a new batch-1-sized input shape packs the weights
-    it needs (see :class:`PackedWeights`); for M1 at 224 that took about 43 MB of resident memory
-    on top of the 25 MB of weights (``benchmarks/kernels.py``). Later calls of that shape reuse them.
+    it needs (:class:`efficientvim.kernels.PackedWeights`; ``benchmarks/kernels.py`` measures the
+    memory they take); later calls of that shape reuse them.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     param = next(model.parameters())
     if isinstance(model, EfficientViM):
-        fused = FusedEfficientViM(model, param.dtype)
+        fused = FusedEfficientViM(model, param.dtype, layout == "channels_first")
     elif isinstance(model, EfficientViMFeatures):
-        fused = FusedEfficientViMFeatures(model, param.dtype)
+        fused = FusedEfficientViMFeatures(model, param.dtype, layout == "channels_first")
     else:
         raise TypeError(f"fuse() takes an EfficientViM or EfficientViMFeatures model, not {type(model).__name__}")
-    for m in fused.modules():
-        if hasattr(m, "channels_first"):
-            m.channels_first = layout == "channels_first"
-        if isinstance(m, TokenConv) and layout == "channels_last" and not m.pointwise and m.groups == 1:
-            # the dense (stem) convolutions see channels-last maps; a weight in the same format
-            # is not reordered on every call
-            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return fused.to(param.device).eval()

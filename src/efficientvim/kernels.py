@@ -1,0 +1,119 @@
+"""Kernel plumbing of the fused inference path: which library call runs each operation, on which weights.
+
+The fused modules (:mod:`efficientvim.deploy`) compute the folded maths; this module decides how:
+
+* ``packed_linear`` / ``packed_conv2d``: batch-1 sized work in eager PyTorch on CPU (float32) runs on
+  weights packed once into the kernel library's own format, cached per input shape
+  (:class:`PackedWeights`): MKL's GEMM for projections, oneDNN's convolution (ReLU inside) for
+  depthwise and small dense convolutions. Otherwise a small layer's time is mostly spent re-packing
+  its weight on every call. Other dtypes and devices, traced graphs and torch.compile take the plain
+  ``F.linear`` / ``F.conv2d``.
+* ``accumulate``: the residual sums done inside the GEMM that produces the branch, in place when eager.
+
+This is where precision- and CPU-specific kernels belong.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
+SMALL_GEMM_TOKENS = 1024
+# Most rows (tokens) for which a projection uses MKL's pre-packed GEMM (batch-1 sizes); above
+# it, batch-32 runs were faster on the plain GEMM.
+PACKED_GEMM_TOKENS = 256
+
+
+def accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x + a @ b with ``op`` = torch.addmm or torch.baddbmm, in place when running eagerly.
+
+    In place saves a pass over x (x is always a fresh intermediate here); traced graphs (ONNX,
+    TorchScript) get the functional op, since the exporters do not keep in-place semantics.
+    """
+    if torch.jit.is_tracing():
+        return op(x, a, b)
+    return getattr(x, op.__name__ + "_")(a, b)
+
+
+def eager() -> bool:
+    """Whether this call runs eagerly, neither traced (ONNX, TorchScript) nor under torch.compile."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+# MKL's GEMM on a weight packed once beforehand; absent from PyTorch builds without MKL.
+MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+# oneDNN's convolution on a weight reordered once beforehand (the op torch.compile's CPU backend emits).
+MKLDNN_PACKED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# Largest input (elements) for which a dense convolution (the stem) runs on a pre-reordered weight; at
+# batch 32 oneDNN's plain path was as fast or faster. Depthwise convolutions always use one.
+PACKED_CONV_ELEMENTS = 1 << 18
+# Input shapes a module keeps packed weights for; a model fed ever new sizes repacks the oldest away.
+PACKED_SHAPES = 8
+
+
+class PackedWeights(dict):
+    """Weights a kernel library has packed for one input shape: shape -> (stamp, packed weight).
+
+    A cache, not state: copies and pickles of the module start it empty, and an entry whose stamp
+    (the weight's version and storage) no longer matches is packed again, so weights loaded after
+    the model has run are used.
+    """
+
+    def get_or_pack(self, key, weight: torch.Tensor, pack):
+        # inference tensors (a model fused under torch.inference_mode) keep no version counter
+        stamp = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
+        entry = self.get(key)
+        if entry is None or entry[0] != stamp:
+            if key not in self and len(self) >= PACKED_SHAPES:
+                del self[next(iter(self))]
+            entry = self[key] = (stamp, pack())
+        return entry[1]
+
+    def __deepcopy__(self, memo) -> PackedWeights:
+        return PackedWeights()
+
+    def __reduce__(self):
+        return PackedWeights, ()
+
+
+def _native_cpu_fp32(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu" and eager()
+
+
+def packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeights
+) -> torch.Tensor:
+    """F.linear(x, weight, bias), for at most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
+
+    With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
+    the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
+    holds one packed weight per token count (a batch-1 model sees the same few every call).
+    Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
+    """
+    rows = x.numel() // x.shape[-1]
+    if not (MKL_PACKED and rows <= PACKED_GEMM_TOKENS and _native_cpu_fp32(x)):
+        return F.linear(x, weight, bias)
+    packed_weight = packed.get_or_pack(rows, weight, lambda: torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
+    return torch.ops.mkl._mkl_linear(x, packed_weight, weight, bias, rows)
+
+
+def packed_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int, groups: int,
+    relu: bool, packed: PackedWeights,
+) -> torch.Tensor:
+    """F.conv2d (+ ReLU) with the weight in oneDNN's own format, reordered once per input shape.
+
+    ``F.conv2d`` reorders the weight on every call, which is most of a small depthwise conv's time
+    (batch 1); the ReLU runs inside the convolution. Falls back to F.conv2d where oneDNN's op is
+    absent, for large dense convolutions (see ``PACKED_CONV_ELEMENTS``), and for other dtypes and
+    devices, traced graphs and torch.compile.
+    """
+    if not (MKLDNN_PACKED and (groups > 1 or x.numel() <= PACKED_CONV_ELEMENTS) and _native_cpu_fp32(x)):
+        x = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+        return x.relu_() if relu else x  # in place: the conv output is a fresh tensor
+    pad, step = [padding, padding], [stride, stride]
+    packed_weight = packed.get_or_pack(tuple(x.shape), weight, lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.to_mkldnn(), pad, step, [1, 1], groups, list(x.shape)))
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed_weight, bias, pad, step, [1, 1], groups, "relu" if relu else "none", [], "")
