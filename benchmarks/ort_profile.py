@@ -15,25 +15,22 @@ import argparse
 import json
 import tempfile
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
-from efficientvim.bench import build_model, native_resolution
+from efficientvim.bench import build_model, native_resolution, onnx_path
+from efficientvim.export import write_onnx
 
 
 def profile(name: str, batch: int, threads: int, calls: int, workdir: Path) -> tuple[float, Counter, Counter]:
     """(ms per call without the profiler, kernel ms per call by op type, node count by op type)."""
     model = build_model(name, "onnxruntime")
     res = native_resolution(name)
-    path = workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
+    path = onnx_path(name, workdir)
+    write_onnx(model, path)
     x = torch.randn(batch, 3, res, res).numpy()
 
     def session(profiling: bool) -> ort.InferenceSession:

@@ -11,19 +11,12 @@ median of per-round ratios.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from collections import defaultdict
 
+from efficientvim.bench import median_ratio, model_family
+
 SHVIT_PEER = {f"efficientvim_m{i}": f"timm:shvit_s{i}" for i in range(1, 5)}
-
-
-def _family(name: str) -> str:
-    return name.removeprefix("timm:").removesuffix("+fuse")
-
-
-def _paired(a: list[float], b: list[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def summarize(paths: list[str]) -> str:
@@ -52,8 +45,8 @@ def summarize(paths: list[str]) -> str:
                     out.append(f"| {r['model']} | failed: {r['error'][:60]} | | | | | |")
                     continue
                 vs_timm = f"{r['vs_timm']:.2f}x" if r["vs_timm"] else ""
-                peer = SHVIT_PEER.get(_family(r["model"]))
-                vs_shvit = f"{_paired(times[peer], times[r['model']]):.2f}x" if peer in times else ""
+                peer = SHVIT_PEER.get(model_family(r["model"]))
+                vs_shvit = f"{median_ratio(times[peer], times[r['model']]):.2f}x" if peer in times else ""
                 mem = f"{r['peak_memory_mb']:.0f}" if r["peak_memory_mb"] is not None else "–"
                 out.append(f"| {r['model']} | {r['median_ms']:.1f} | {r['images_per_s']:.1f} | "
                            f"{r['ms_per_image']:.2f} | {mem} | {vs_timm} | {vs_shvit} |")

@@ -31,11 +31,10 @@ from torch import nn
 
 from .deploy import fuse
 from .errors import EfficientViMError, UnknownModelError, import_extra
-from .export import EXPORT_LAYOUT
+from .export import EXPORT_LAYOUT, write_onnx
 from .registry import create_model, list_models, model_config
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
-TASKS = ("classification",)
 FUSE_SUFFIX = "+fuse"
 TIMM_PREFIX = "timm:"
 TIMM_PEERS = (
@@ -87,6 +86,11 @@ def model_family(name: str) -> str:
     return name.removeprefix(TIMM_PREFIX).removesuffix(FUSE_SUFFIX)
 
 
+def onnx_path(name: str, workdir: Path) -> Path:
+    """Where a benchmark model's ONNX file goes in ``workdir``."""
+    return workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
+
+
 def native_resolution(name: str) -> int:
     """The resolution a model was trained at (M4: 256)."""
     if name.startswith(TIMM_PREFIX):
@@ -129,18 +133,11 @@ class _Runner:
             raise BenchmarkError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
 
     def _onnx(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
-        import warnings
 
         ort = import_extra("onnxruntime", "onnx", "The onnxruntime benchmark runtime")
-        path = workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
+        path = onnx_path(name, workdir)
         if not path.exists():
-            sample = torch.zeros(1, 3, 224, 224)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model.cpu(), (sample,), str(path), dynamo=False, opset_version=17, input_names=["images"],
-                    dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}},
-                )  # fmt: skip
+            write_onnx(model.cpu(), path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -203,7 +200,7 @@ def _native_stderr_silenced():
         os.close(devnull)
 
 
-def _median_ratio(base: Sequence[float], times: Sequence[float]) -> float:
+def median_ratio(base: Sequence[float], times: Sequence[float]) -> float:
     return statistics.median(b / t for b, t in zip(base, times))
 
 
@@ -216,7 +213,6 @@ def run_benchmark(
     device: str = "cpu",
     warmup: int = 3,
     repeats: int = 10,
-    task: str = "classification",
     progress: bool = True,
 ) -> list[Result]:
     """Time every model in every (runtime, resolution, batch size) setting; see the module docstring.
@@ -226,8 +222,6 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    if task not in TASKS:
-        raise BenchmarkError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError("--device cuda asked for, but PyTorch sees no GPU: use --device cpu")
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -302,7 +296,7 @@ def _time_setting(runners, runtime, res, batch, device, precision, threads, warm
             continue
         median = statistics.median(times[name])
         base = TIMM_PREFIX + model_family(name)
-        vs_timm = _median_ratio(times[base], times[name]) if base in times and base != name else None
+        vs_timm = median_ratio(times[base], times[name]) if base in times and base != name else None
         results.append(Result(
             name, runtime, device, precision, threads, batch, size, median * 1e3, batch / median,
             median * 1e3 / batch, runner.peak_memory_mb(inputs[name], runtime), repeats, vs_timm,

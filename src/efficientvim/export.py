@@ -89,7 +89,28 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 def _output_names(graph: nn.Module) -> list[str]:
     if isinstance(graph, FusedEfficientViMFeatures):
         return [f"level{i}" for i in graph.out_indices]
+    if hasattr(graph, "out_indices"):  # an unfused feature extractor, or timm's
+        return [f"level{i}" for i in range(len(graph.out_indices))]
     return ["logits"]
+
+
+def write_onnx(graph: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (224, 224),
+               opset: int = MIN_OPSET) -> None:
+    """Trace ``graph`` (a model taking NCHW images) to ONNX with dynamic batch, height and width, unchecked.
+
+    The one ONNX writer: :func:`export_onnx` adds metadata and verification on top, the benchmark
+    times the file as written. Outputs are ``logits`` or, for a feature extractor, ``level{i}``.
+    """
+    names = _output_names(graph)
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+    dynamic.update({n: {0: "batch"} if n == "logits" else {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names})
+    sample = torch.zeros(1, getattr(graph, "in_chans", 3), *size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is the legacy path
+        torch.onnx.export(
+            graph, (sample,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
+            output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
+        )
 
 
 def export_onnx(
@@ -106,17 +127,8 @@ def export_onnx(
         raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
     reference, graph = _prepare(model)
     sizes = _check_sizes(reference, img_size)
-    names = _output_names(graph)
-    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
-    dynamic.update({n: {0: "batch"} if n == "logits" else {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names})
-    sample = torch.zeros(*sizes[0][:1], reference.in_chans, *sizes[0][1:])
     path = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns that it is the legacy path
-        torch.onnx.export(
-            graph, (sample,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-            output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
-        )
+    write_onnx(graph, path, sizes[0][1:], opset)
     proto = onnx.load(str(path))
     for key, value in _metadata(reference).items():
         entry = proto.metadata_props.add()

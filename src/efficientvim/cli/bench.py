@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     batches = [args.batch_size] + ([] if args.no_latency or args.batch_size == 1 else [1])
     results = run_benchmark(
         args.models, args.runtimes, args.resolutions, batches, args.threads, args.device, args.warmup,
-        args.repeats, args.task, progress=not args.no_progress,
+        args.repeats, progress=not args.no_progress,
     )  # fmt: skip
     machine = machine_description(args.device)
     meta = dict(machine=machine, device=args.device, threads=args.threads, torch=torch.__version__,
