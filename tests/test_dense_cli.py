@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from efficientvim.cli import main
+from efficientvim.weights import Checkpoint
 
 TINY = ["--model-arg", "embed_dim=32,48,64", "--model-arg", "depths=1,1,1", "--model-arg", "state_dim=8,6,4"]
 
@@ -86,7 +87,7 @@ def test_detection_train_resume_eval(coco_root, tmp_path, capsys):
     assert "data: " in out and "4 train / 2 val images, 2 classes" in out
     map50 = _metric(out, "mAP@50")
     assert 0.0 <= map50 <= 1.0
-    assert (out_dir / "last.pt").is_file() and (out_dir / "best.pt").is_file()
+    assert (out_dir / "last.pt").is_file() and (out_dir / "best.safetensors").is_file()
     record = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["epoch"] == 1 and record["mAP@50"] == pytest.approx(map50, abs=1e-4)
 
@@ -99,15 +100,15 @@ def test_detection_train_resume_eval(coco_root, tmp_path, capsys):
     assert f"resumed from {out_dir / 'last.pt'} at epoch 2/2" in out
     assert torch.load(out_dir / "last.pt", weights_only=True)["fit_state"]["epoch"] == 2
     assert len((out_dir / "metrics.jsonl").read_text().splitlines()) == 2
-    best = torch.load(out_dir / "best.pt", weights_only=True)
+    best = Checkpoint(out_dir / "best.safetensors").metadata
 
     # a finished run started again trains nothing and reports its best epoch
     code, out, _ = _run(capsys, *[a if a != "1" else "2" for a in args])
     assert code == 0 and "at the end (2 epochs done)" in out
     assert _metric(out, "mAP@50") == pytest.approx(best["metrics"]["mAP@50"], abs=1e-4)
 
-    # eval rebuilds the model from best.pt and scores the same val set as training did for that epoch
-    code, out, _ = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(out_dir / "best.pt"),
+    # eval rebuilds the model from best.safetensors and scores the same val set as training did for that epoch
+    code, out, _ = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(out_dir / "best.safetensors"),
                         "--data", str(coco_root), "--workers", "0")
     assert code == 0 and out.startswith("detection on 2 images: mAP@50 ")
     assert _metric(out, "mAP@50") == pytest.approx(best["metrics"]["mAP@50"], abs=1e-4)
@@ -122,15 +123,15 @@ def test_segmentation_train_eval(mask_root, tmp_path, capsys):
     assert "3 classes" in out
     miou = _metric(out, "mIoU")
     assert 0.0 <= miou <= 1.0
-    best = torch.load(out_dir / "best.pt", weights_only=True)
-    assert best["metadata"]["num_classes"] == 3 and best["metrics"]["mIoU"] == pytest.approx(miou, abs=1e-4)
+    best = Checkpoint(out_dir / "best.safetensors").metadata
+    assert best["num_classes"] == 3 and best["metrics"]["mIoU"] == pytest.approx(miou, abs=1e-4)
 
     code, out, _ = _run(capsys, "eval", "--task", "segmentation", "--checkpoint", str(out_dir / "last.pt"),
                         "--data", str(mask_root), "--workers", "0")
     assert code == 0
-    assert _metric(out, "mIoU") == pytest.approx(miou, abs=1e-4)  # last.pt after one epoch = best.pt
+    assert _metric(out, "mIoU") == pytest.approx(miou, abs=1e-4)  # last.pt after one epoch = best.safetensors
 
-    code, _, err = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(out_dir / "best.pt"))
+    code, _, err = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(out_dir / "best.safetensors"))
     assert code == 2 and "holds a segmentation model: pass --task segmentation" in err
 
 
@@ -168,8 +169,8 @@ def test_embedded_canvases_default_run(tmp_path, capsys, monkeypatch):
     assert "the embedded digit canvases: 4 train / 2 val images, 11 classes" in out
     assert "2 batches of 2" in out
     assert 0.0 <= _metric(out.splitlines()[-1], "mIoU") <= 1.0
-    meta = torch.load(out_dir / "best.pt", weights_only=True)["metadata"]
-    assert meta["recipe"]["canvas_size"] == (64, 64) and meta["recipe"]["overrides"]["embed_dim"] == [32, 48, 64]
+    meta = Checkpoint(out_dir / "best.safetensors").metadata
+    assert meta["recipe"]["canvas_size"] == [64, 64] and meta["recipe"]["overrides"]["embed_dim"] == [32, 48, 64]
 
 
 def test_bad_input_is_one_line(coco_root, mask_root, tmp_path, capsys):

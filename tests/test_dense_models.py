@@ -7,7 +7,7 @@ import torch
 
 from efficientvim import CheckpointError, EfficientViMError, create_model, save_weights
 from efficientvim.dense import create_detector, create_segmenter, evaluate, train_step
-from efficientvim.dense.engine import collate_segmentation
+from efficientvim.dense.steps import collate_segmentation
 
 TINY = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4))
 TWO_STAGE_SMALL = dict(  # fewer proposals keep the R-CNN tests fast

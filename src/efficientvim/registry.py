@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import CheckpointError, UnknownModelError
 from .model import EfficientViM, EfficientViMFeatures
-from .weights import STAGE_LAYOUT, Checkpoint, load_into
+from .weights import Checkpoint, load_into
 
 
 @dataclass(frozen=True)
@@ -184,11 +184,7 @@ def create_model(
 def _layout_from_checkpoint(arch: dict, ckpt: Checkpoint, given: dict) -> None:
     """Take the stage layout a ``save_weights`` file records (a narrowed or deepened variant), unless the
     caller set it; a caller's layout that contradicts the file is refused, naming both."""
-    for key in STAGE_LAYOUT:
-        saved = ckpt.metadata.get(key)
-        if not saved:
-            continue
-        saved = tuple(saved)
+    for key, saved in ckpt.stage_layout.items():
         if key in given and given[key] != saved:
             raise CheckpointError(
                 f"checkpoint {ckpt.path} holds {ckpt.metadata.get('architecture')} with {key} {saved}, "

@@ -100,6 +100,11 @@ class Checkpoint:
         return state
 
     @property
+    def stage_layout(self) -> dict[str, tuple[int, ...]]:
+        """The stage layout a ``save_weights`` file records (``embed_dim``, ``depths``, ``state_dim``)."""
+        return {k: tuple(self.metadata[k]) for k in STAGE_LAYOUT if self.metadata.get(k)}
+
+    @property
     def num_classes(self) -> int | None:
         w = self.state_dict.get("heads.0.weight")
         return int(w.shape[0]) if w is not None else self.metadata.get("num_classes")
@@ -231,8 +236,7 @@ def load_into(
         arch = ckpt.metadata.get("architecture")
         hint = "; is it for another EfficientViM variant?"
         if arch:
-            layout = [f"{k} {tuple(ckpt.metadata[k])}" for k in STAGE_LAYOUT
-                      if ckpt.metadata.get(k) and tuple(ckpt.metadata[k]) != tuple(getattr(model, k, ()))]
+            layout = [f"{k} {v}" for k, v in ckpt.stage_layout.items() if v != tuple(getattr(model, k, ()))]
             hint = f"; the file holds {arch}" + (f" with {', '.join(layout)}" if layout else "")
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model: {'; '.join(parts)}{hint}")
     model.load_state_dict(state, strict=not drop_heads and hasattr(model, "heads"))
@@ -276,11 +280,19 @@ def save_weights(
     }
     if meta["architecture"] is None:
         raise ValueError("save_weights needs a model made by efficientvim.create_model (it names the architecture)")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    header = {"format": FORMAT_NAME, **{k: json.dumps(v) for k, v in meta.items()}}
+    return save_state(model.state_dict(), path, meta)
+
+
+def save_state(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict) -> Path:
+    """The package's one weights format: ``state`` as safetensors, ``metadata`` (plain data) as JSON in its
+    header, read back by :class:`Checkpoint`. Written to a temporary name and renamed, so a crash never
+    leaves half a file; the file's mode follows the user's umask."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    header = {"format": FORMAT_NAME, **{k: json.dumps(v) for k, v in metadata.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=header)
+    save_file(tensors, str(tmp), metadata=header)
     os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files 0600; a weights file is shared like any other
     os.replace(tmp, path)
     return path

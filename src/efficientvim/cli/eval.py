@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); "
                        "mAP or mIoU with --task")
     p.add_argument("--checkpoint", required=True, help="the authors' .pth, a timm state dict, or our weights/last.pt; "
-                   "with --task detection|segmentation: the best.pt or last.pt its training wrote")
+                   "with --task detection|segmentation: the best.safetensors or last.pt its training wrote")
     p.add_argument("--task", choices=("classification", *DENSE_TASKS), default="classification",
                    help="what the checkpoint does (default classification)")
     p.add_argument("--model", help="model name, needed when the file does not name its architecture")

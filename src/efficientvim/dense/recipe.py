@@ -7,7 +7,7 @@ figures they reach, and how long they take on 2 CPU cores, are in docs/dense.md.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ class DenseRecipe:
     digits: tuple[int, int] = (2, 5)
     digit_size: tuple[int, int] = (20, 44)
     # 4 epochs of 150 steps: a run evaluates, and keeps its best weights, every minute or two on 2 CPU
-    # cores, so a run stopped early (or slowed by a shared machine) still leaves a usable best.pt
+    # cores, so a run stopped early (or slowed by a shared machine) still leaves a usable best.safetensors
     train_canvases: int = 2400  # per epoch: len / batch_size steps an epoch
     val_canvases: int = 300
     epochs: int = 4
@@ -45,6 +45,12 @@ class DenseRecipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DenseRecipe:
+        """The inverse of ``to_dict`` after a round trip through JSON (lists back to tuples)."""
+        tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
 
 
 DEFAULT_RECIPES = {

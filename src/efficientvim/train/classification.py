@@ -37,6 +37,7 @@ from .engine import (
     init_distributed,
     match_grad_strides,
     seed_all,
+    summary_line,
     unwrap,
 )
 from .recipes import TrainConfig
@@ -361,16 +362,12 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
 
 
 def _summary(result: FitResult, output: Path, seconds: float) -> str:
-    state = result.state
-    minutes, secs = divmod(int(round(seconds)), 60)
-    head = "stopped" if result.stopped_by is not None else "done"
-    text = f"{head} in {minutes}m{secs:02d}s: best top-1 {state.best_score:.2f}% (epoch {state.best_epoch})"
-    m = result.last_metrics
+    m, last = result.last_metrics, ""
     if m:
         top1 = max(m["top1"], m.get("ema_top1", -1.0))
         top5 = m["ema_top5"] if m.get("ema_top1", -1.0) >= m["top1"] else m["top5"]
-        text += f", last epoch top-1 {top1:.2f}% top-5 {top5:.2f}%"
-    return text + f"; weights in {output / BEST}"
+        last = f"last epoch top-1 {top1:.2f}% top-5 {top5:.2f}%"
+    return summary_line(result, seconds, f"top-1 {result.state.best_score:.2f}%", output / BEST, last)
 
 
 def load_teacher(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:

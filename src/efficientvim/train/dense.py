@@ -26,22 +26,22 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CheckpointError, DataError, EfficientViMError
-from ..weights import STAGE_LAYOUT, Checkpoint
+from ..weights import Checkpoint, save_state
 from .engine import (
     RUN_ONLY_SETTINGS,
     FitResult,
     Loop,
     ResumableSampler,
-    atomic_save,
     check_resume,
     fit,
     init_distributed,
     seed_all,
+    summary_line,
     unwrap,
 )
 from .recipes import plain_data
 
-BEST = "best.pt"
+BEST = "best.safetensors"  # the best epoch's weights, in the package's one weights format (as classification's)
 # the metric that decides the best epoch and leads the summary line
 SCORE = {"detection": "mAP", "segmentation": "mIoU"}
 
@@ -90,8 +90,7 @@ def dense_recipe(cfg: DenseTrainConfig):
         overrides = {}  # the recipe's narrowed widths belong to its own backbone
     if cfg.checkpoint and not cfg.model_args:
         # classification weights of a narrowed variant record its stage layout (save_weights metadata)
-        meta = Checkpoint(cfg.checkpoint).metadata
-        layout = {k: list(meta[k]) for k in STAGE_LAYOUT if meta.get(k)}
+        layout = {k: list(v) for k, v in Checkpoint(cfg.checkpoint).stage_layout.items()}
         overrides = layout or overrides
     overrides.update(cfg.model_args)
     changes["overrides"] = overrides
@@ -245,29 +244,23 @@ def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) 
                     image_size=list(image_size) if image_size else None, data=cfg.data)
 
     def save_best(metrics: dict[str, float], epoch: int) -> None:
-        blob = {"model": unwrap(model).state_dict(), "metadata": metadata, "metrics": metrics, "epoch": epoch}
-        atomic_save(blob, output / BEST)
+        save_state(unwrap(model).state_dict(), output / BEST, {**metadata, "metrics": metrics, "epoch": epoch})
 
     loop = Loop(
         model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, loss_fn=loss_fn,
-        evaluate=lambda: evaluate(unwrap(model), val_loader, len(classes) if cfg.task == "segmentation" else None),
+        evaluate=lambda: evaluate(unwrap(model), val_loader, d),
         score=lambda m: m[SCORE[cfg.task]], save_best=save_best, metadata=lambda: metadata,
         settings=settings, epochs=recipe.epochs, output=output, seed=recipe.seed, clip_grad=1.0,
         metric_format="{:.4f}", metrics_title="metrics", log=log,
     )
     result = fit(loop, d)
-    minutes, secs = divmod(int(round(time.time() - start)), 60)
-    state = result.state
-    head = "stopped" if result.stopped_by is not None else "done"
-    summary = (f"{head} in {minutes}m{secs:02d}s: best {SCORE[cfg.task]} {state.best_score:.4f} "
-               f"(epoch {state.best_epoch}); weights in {output / BEST}")
+    best = f"{SCORE[cfg.task]} {result.state.best_score:.4f}"
+    summary = summary_line(result, time.time() - start, best, output / BEST)
     log(summary)
     metrics = result.last_metrics
     if not metrics and result.stopped_by is None and (output / BEST).is_file():
         # a finished run started again: nothing trained, report its best epoch
-        from .engine import load_training_state
-
-        metrics = load_training_state(output / BEST)["metrics"]
+        metrics = Checkpoint(output / BEST).metadata["metrics"]
     if metrics:
         log(metric_line(cfg.task, metrics))
     return DenseTrainResult(result, metrics, output, summary)
@@ -277,23 +270,20 @@ def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) 
 
 
 def load_dense_checkpoint(path: str, task: str) -> tuple[nn.Module, dict]:
-    """Rebuild the detector or segmenter a dense training run saved (``best.pt`` or ``last.pt``)."""
+    """Rebuild the detector or segmenter a dense training run saved (``best.safetensors`` or ``last.pt``)."""
     from ..dense import DenseRecipe, build_model
-    from .engine import load_training_state
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    blob = load_training_state(Path(path))
-    meta = blob.get("metadata", {}) if isinstance(blob, dict) else {}
+    ckpt = Checkpoint(path)
+    meta = ckpt.metadata
     if meta.get("task") not in ("detection", "segmentation"):
         raise CheckpointError(f"{path} is not a checkpoint of `efficientvim train --task detection|segmentation`")
     if meta["task"] != task:
         raise CheckpointError(f"{path} holds a {meta['task']} model: pass --task {meta['task']}")
-    recipe = DenseRecipe(**meta["recipe"])
+    recipe = DenseRecipe.from_dict(meta["recipe"])
     image_size = tuple(meta["image_size"]) if meta.get("image_size") else None
     model = build_model(recipe, num_classes=meta["num_classes"], image_size=image_size)
     try:
-        model.load_state_dict(blob["model"])
+        model.load_state_dict(ckpt.state_dict)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the model it describes: {str(e).splitlines()[0][:160]}") from None
     return model.eval(), meta
@@ -307,12 +297,12 @@ def evaluate_dense_checkpoint(
     from ..dense import DenseRecipe, evaluate
 
     model, meta = load_dense_checkpoint(checkpoint, task)
-    recipe = DenseRecipe(**meta["recipe"])
+    recipe = DenseRecipe.from_dict(meta["recipe"])
     _, val_ds, classes = dense_datasets(task, data, recipe, val_ann=val_ann, need_train=False,
                                         num_classes=meta["num_classes"])
     if task == "detection" and len(classes) != meta["num_classes"]:
         raise DataError(f"{checkpoint} detects {meta['num_classes']} classes but the data has {len(classes)}")
     loader = DataLoader(val_ds, batch_size, shuffle=False, collate_fn=_collate(task), num_workers=workers)
-    metrics = evaluate(model, loader, meta["num_classes"] if task == "segmentation" else None)
+    metrics = evaluate(model, loader)
     metrics["images"] = len(val_ds)
     return metrics

@@ -9,6 +9,7 @@ predictions. ``train_step`` and ``evaluate`` are what a training loop calls
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from .metrics import (
     targets_to_coco,
 )
 from .segmentation import IGNORE_INDEX, SemanticFPN
+
+if TYPE_CHECKING:  # the type only: dense does not import the training package
+    from ..train.engine import Distributed
 
 
 def is_segmenter(model: nn.Module) -> bool:
@@ -67,20 +71,27 @@ def train_step(model: nn.Module, images, targets) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, num_classes: int | None = None) -> dict[str, float]:
-    """Score ``model`` on every batch of ``loader``.
+def evaluate(
+    model: nn.Module, loader: Iterable, d: Distributed | None = None, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Score ``model`` on every batch of ``loader``; the signature of classification's ``evaluate``.
 
     Detectors: COCO box mAP, mAP@50, mAP@75 (and ``mask_*`` for Mask R-CNN) through pycocotools.
     If the loader's dataset has a ``coco`` ground truth (``CocoDetection``), it is scored against
-    that file; otherwise against the targets. Segmenters: mIoU over all classes, pixel accuracy.
-    ``num_classes`` defaults to the model's.
+    that file; otherwise against the targets. Segmenters: mIoU over the model's classes, pixel
+    accuracy. Dense models train and evaluate in one process, so ``d`` (if given) must not be
+    distributed; ``amp_dtype`` runs the model under autocast.
     """
+    if d is not None and d.enabled:
+        raise ValueError("dense evaluation runs in one process")
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
-        if is_segmenter(model):
-            return _evaluate_segmentation(model, loader, num_classes or model.num_classes)
-        return _evaluate_detection(model, loader)
+        with torch.autocast(device.type, amp_dtype or torch.float32, amp_dtype is not None):
+            if is_segmenter(model):
+                return _evaluate_segmentation(model, loader, model.num_classes)
+            return _evaluate_detection(model, loader)
     finally:
         model.train(was_training)
 
