@@ -195,3 +195,19 @@ def test_bad_input_is_one_line(coco_root, mask_root, tmp_path, capsys):
     code, _, err = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(tmp_path / "missing.pt"))
     assert code == 2 and "not found" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_dense_recipe_layers_like_classification(tmp_path, capsys):
+    """The task's recipe, then a YAML --config, then options; --print-config shows the result."""
+    import yaml
+
+    config = tmp_path / "det.yaml"
+    config.write_text("epochs: 3\nlr: 0.001\nfpn_channels: 32\n")
+    code, out, _ = _run(capsys, "train", "--task", "detection", "--config", str(config), "--epochs", "5",
+                        "--print-config")
+    assert code == 0
+    recipe = yaml.safe_load(out)
+    assert (recipe["epochs"], recipe["lr"], recipe["fpn_channels"], recipe["arch"]) == (5, 0.001, 32, "fcos")
+    config.write_text("epoch: 3\n")
+    code, _, err = _run(capsys, "train", "--task", "detection", "--config", str(config))
+    assert code == 2 and "unknown detection recipe key 'epoch' (did you mean epochs?)" in err

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from efficientvim import EfficientViMError
+from efficientvim.data import digits_split
 from efficientvim.dense import CocoDetection, DigitCanvases, SegmentationFolder, collate_segmentation
-from efficientvim.dense.data import digit_split
 from efficientvim.dense.metrics import coco_map, confusion_matrix, segmentation_metrics, targets_to_coco
 
 
@@ -180,9 +180,9 @@ def test_digit_canvas_boxes_enclose_their_masks_tightly():
 
 
 def test_digit_canvases_are_reproducible_and_val_digits_are_unseen():
-    split = digit_split()
+    split = digits_split()
     assert not set(split["train"]) & set(split["val"])
-    assert len(split["train"]) + len(split["val"]) == 1797
+    assert (len(split["train"]), len(split["val"])) == (1437, 360)
     a, b = DigitCanvases("val", length=5), DigitCanvases("val", length=5)
     assert torch.equal(a[3][0], b[3][0])
     assert not torch.equal(a[3][0], DigitCanvases("train", length=5)[3][0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -167,24 +167,30 @@ class ImageFiles(Dataset):
         return lines
 
 
+def digits_split(seed: int = DIGITS_SPLIT_SEED) -> dict[str, Sequence[int]]:
+    """Indices into scikit-learn's 1,797 digit scans: disjoint, stratified ``train`` (1,437) and ``val``
+    (360) sets, the one split the embedded classification and dense runs share."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    targets = load_digits().target
+    train, val = train_test_split(np.arange(len(targets)), test_size=DIGITS_VAL_FRACTION, stratify=targets,
+                                  random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val)}
+
+
 class DigitsDataset(Dataset):
     """scikit-learn's handwritten digits (8x8, 17 grey levels) as RGB PIL images, one fixed split."""
 
     def __init__(self, split: str, transform: Callable | None = None) -> None:
         import numpy as np
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
         digits = load_digits()
-        train_idx, val_idx = train_test_split(
-            np.arange(len(digits.target)),
-            test_size=DIGITS_VAL_FRACTION,
-            stratify=digits.target,
-            random_state=DIGITS_SPLIT_SEED,
-        )
-        idx = np.sort(train_idx if split == "train" else val_idx)
+        idx = digits_split()[split]
         # grey levels 0..16 -> 0..255
         pixels = (digits.images[idx] * (255.0 / 16.0)).round().astype(np.uint8)
         self.images = [Image.fromarray(p, mode="L").convert("RGB") for p in pixels]

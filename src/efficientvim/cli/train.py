@@ -107,13 +107,17 @@ def _given(args: argparse.Namespace, fields) -> list[str]:
 
 def resolve_dense(args: argparse.Namespace):
     from ..train.dense import DenseTrainConfig
+    from ..train.recipes import read_yaml
 
-    classification_only = [f for f in (*OPTIONS, *FLAGS, "recipe", "config") if f not in DENSE_SHARED]
-    wrong = _given(args, classification_only) + (["--print-config"] if args.print_config else [])
+    classification_only = [f for f in (*OPTIONS, *FLAGS, "recipe") if f not in DENSE_SHARED]
+    wrong = _given(args, classification_only)
     if wrong:
-        raise ConfigError(f"{', '.join(wrong)} applies to classification only, not --task {args.task}")
+        raise ConfigError(f"{', '.join(wrong)} applies to classification only, not --task {args.task} "
+                          "(its recipe is the task's own; change it with --config YAML)")
     values = {f: getattr(args, f) for f in (*DENSE_SHARED, *DENSE_OPTIONS) if getattr(args, f) is not None}
-    return DenseTrainConfig(task=args.task, model_args=parse_model_args(args.model_args) or {}, **values)
+    changes = read_yaml(args.config) if args.config else {}
+    return DenseTrainConfig(task=args.task, model_args=parse_model_args(args.model_args) or {},
+                            recipe_changes=changes, **values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +129,13 @@ def run(args: argparse.Namespace) -> int:
         from ..train.dense import train_dense
 
         cfg = resolve_dense(args)
+        if args.print_config:
+            import yaml
+
+            from ..train.dense import dense_recipe
+
+            print(yaml.safe_dump(dense_recipe(cfg).to_dict(), sort_keys=False), end="")
+            return 0
         writable_folder(cfg.default_output())
         return _exit_code(train_dense(cfg, resume_changed=args.resume).fit)
     wrong = _given(args, DENSE_OPTIONS)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..data import digits_split
 from ..errors import EfficientViMError, import_extra
 from ..images import is_image_name, read_image
 from .segmentation import IGNORE_INDEX
@@ -190,22 +191,14 @@ def _random_crop(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int])
     return image[:, top : top + height, left : left + width], mask[top : top + height, left : left + width]
 
 
-def digit_split(seed: int = 0, val_fraction: float = 0.25) -> dict[str, np.ndarray]:
-    """Indices into scikit-learn's 1,797 digit scans: disjoint ``train`` and ``val`` sets."""
-    from sklearn.datasets import load_digits
-
-    order = np.random.default_rng(seed).permutation(len(load_digits().target))
-    n_val = int(round(val_fraction * len(order)))
-    return {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
-
-
 class DigitCanvases(Dataset):
     """Scikit-learn's 8x8 digit scans pasted onto noisy coloured canvases, with boxes and masks.
 
     Canvas ``i`` of a split is drawn from a generator seeded by (seed, split, i), so the data
     is the same on every run and machine. ``train`` and ``val`` canvases use disjoint digit
-    scans (``digit_split``). Each canvas holds ``digits`` (min, max) non-overlapping digits,
-    upsampled bilinearly to ``digit_size`` (min, max) pixels tall; a digit's mask is its pixels
+    scans (``data.digits_split``, the classification run's split). Each canvas holds ``digits``
+    (min, max) non-overlapping digits, upsampled bilinearly to ``digit_size`` (min, max) pixels
+    tall; a digit's mask is its pixels
     above half of full ink, and its box encloses the mask tightly. Labels: digit d is class d + 1,
     0 is background. ``task`` chooses detection targets or (H, W) class maps.
     """
@@ -230,7 +223,7 @@ class DigitCanvases(Dataset):
         if task not in TASKS:
             raise EfficientViMError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         scans = load_digits()
-        self.digit_ids = digit_split(seed)[split]
+        self.digit_ids = digits_split(seed)[split]
         self.scans = torch.from_numpy(scans.images[self.digit_ids] / 16.0).float()
         self.digit_labels = scans.target[self.digit_ids]
         self.split, self.task, self.length = split, task, length

@@ -17,8 +17,9 @@ Data layouts read with ``data``:
 
 from __future__ import annotations
 
+import difflib
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from .engine import (
     summary_line,
     unwrap,
 )
-from .recipes import plain_data
+from .recipes import ConfigError, plain_data
 
 BEST = "best.safetensors"  # the best epoch's weights, in the package's one weights format (as classification's)
 # the metric that decides the best epoch and leads the summary line
@@ -65,6 +66,7 @@ class DenseTrainConfig:
     workers: int = 0
     output: str | None = None
     seed: int = 0
+    recipe_changes: dict = field(default_factory=dict)  # DenseRecipe fields from a YAML --config file
 
     def default_output(self) -> str:
         return self.output or f"runs/{'digits-' if self.data is None else ''}{self.task}"
@@ -76,6 +78,14 @@ def dense_recipe(cfg: DenseTrainConfig):
     from ..dense.detection import DEFAULT_OUT_INDICES
 
     recipe = default_recipe(cfg.task, seed=cfg.seed)
+    if cfg.recipe_changes:
+        known = {f.name for f in fields(recipe)}
+        unknown = [k for k in cfg.recipe_changes if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            raise ConfigError(f"unknown {cfg.task} recipe key {unknown[0]!r}"
+                              + (f" (did you mean {close[0]}?)" if close else f": keys are {', '.join(sorted(known))}"))
+        recipe = type(recipe).from_dict({**recipe.to_dict(), **cfg.recipe_changes})
     if cfg.img_size is not None and cfg.img_size < 64:
         raise EfficientViMError(f"--img-size must be at least 64 (the network's total stride), got {cfg.img_size}")
     changes: dict = {}

@@ -185,7 +185,7 @@ def build_config(
         close = difflib.get_close_matches(name, RECIPES, n=1)
         hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(RECIPES)}"
         raise ConfigError(f"unknown recipe {name!r}: {hint}")
-    file_values = _read_yaml(config_file) if config_file else {}
+    file_values = read_yaml(config_file) if config_file else {}
     if "recipe" in file_values:
         file_name = file_values.pop("recipe")
         if recipe is None:
@@ -229,7 +229,8 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file's mapping, or a one-line ConfigError."""
     import yaml
 
     try:
