@@ -87,14 +87,30 @@ def test_bench_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path, 
     assert err.count("\n") == 1
 
 
-def test_bench_dense_writes_backbone_and_fpn_latency_per_model_and_size(tmp_path, capsys):
-    argv = ["bench", "--task", "dense", "--models", "efficientvim_m1", "--resolutions", "64,96", "--batch-size", "1",
-            "--repeats", "1", "--warmup", "0", "--threads", "1", "-o", str(tmp_path)]  # fmt: skip
+def test_bench_dense_times_trunk_and_fpn_through_the_same_runner(tmp_path, capsys):
+    """Dense latency goes through run_benchmark: interleaved, our fused and timm names too, one writer."""
+    argv = ["bench", "--task", "dense", "--models", "efficientvim_m1,efficientvim_m1+fuse,timm:efficientvim_m1",
+            "--resolutions", "64,96", "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+            "--no-progress", "-o", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
-    rows = json.loads((tmp_path / "dense_results.json").read_text())["results"]
-    assert [(r["model"], r["input"], r["neck"]) for r in rows] == [
-        ("efficientvim_m1", "1x3x64x64", "FPN 256"),
-        ("efficientvim_m1", "1x3x96x96", "FPN 256"),
-    ]
-    assert all(r["ms_per_image"] > 0 and r["threads"] == 1 for r in rows)
-    assert "efficientvim_m1    1x3x96x96" in capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["task"] == "dense" and data["meta"]["fpn_channels"] == 256
+    rows = [(r["model"], r["resolution"], r["error"]) for r in data["results"]]
+    assert rows == [(m, res, None) for res in (64, 96) for m in
+                    ("efficientvim_m1", "efficientvim_m1+fuse", "timm:efficientvim_m1")]
+    assert all(r["vs_timm"] for r in data["results"] if not r["model"].startswith("timm:"))
+    assert not (tmp_path / "speed_accuracy.png").exists()  # published top-1 says nothing of dense latency
+
+
+def test_dense_benchmark_model_returns_the_fpn_levels_of_fused_and_unfused_trunks():
+    from efficientvim.bench import build_model
+
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        plain = build_model("efficientvim_m1", task="dense")
+        fused = build_model("efficientvim_m1+fuse", task="dense")
+        maps, fused_maps = plain(x), fused(x)
+        trunk_only = build_model("efficientvim_m1", task="dense", fpn_channels=None)(x)
+    assert [tuple(m.shape) for m in maps] == [(1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4), (1, 256, 2, 2)]
+    assert [tuple(m.shape) for m in fused_maps] == [tuple(m.shape) for m in maps]
+    assert [m.shape[1] for m in trunk_only] == [64, 128, 192, 320]

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,12 @@ from .export import EXPORT_LAYOUT, write_onnx
 from .registry import create_model, list_models, model_config
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
+# classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
+# latency protocol (512 x 512, batch 32)
+TASKS = ("classification", "dense")
+DENSE_RESOLUTION = 512
+DENSE_LEVELS = (1, 2, 3, 4)  # strides 8-64: the stem's stride-8 map and the three stages'
+DENSE_FPN_CHANNELS = 256
 FUSE_SUFFIX = "+fuse"
 TIMM_PREFIX = "timm:"
 TIMM_PEERS = (
@@ -42,6 +49,7 @@ TIMM_PEERS = (
     "efficientvit_m0", "efficientvit_m1", "efficientvit_m2", "efficientvit_m3", "efficientvit_m4", "efficientvit_m5",
     "mobilenetv3_large_100", "mobilenetv4_conv_small", "repvit_m0_9", "fastvit_t8",
 )  # fmt: skip
+DENSE_DEFAULT_MODELS = tuple(f"efficientvim_m{i}{FUSE_SUFFIX}" for i in range(1, 5))
 DEFAULT_MODELS = (
     *(f"efficientvim_m{i}{FUSE_SUFFIX}" for i in range(1, 5)),
     *(f"{TIMM_PREFIX}efficientvim_m{i}" for i in range(1, 5)),
@@ -91,8 +99,10 @@ def onnx_path(name: str, workdir: Path) -> Path:
     return workdir / (name.replace(":", "_").replace("+", "_") + ".onnx")
 
 
-def native_resolution(name: str) -> int:
-    """The resolution a model was trained at (M4: 256)."""
+def native_resolution(name: str, task: str = "classification") -> int:
+    """The resolution a model is timed at by default: its training resolution (M4: 256); dense: 512."""
+    if task == "dense":
+        return DENSE_RESOLUTION
     if name.startswith(TIMM_PREFIX):
         import timm
 
@@ -100,26 +110,55 @@ def native_resolution(name: str) -> int:
     return model_config(model_family(name))["img_size"]
 
 
-def build_model(name: str, runtime: str = "eager") -> nn.Module:
-    """An eval-mode model for a benchmark name, weights random (speed does not depend on them)."""
+class BackboneFPN(nn.Module):
+    """A feature extractor's maps through a torchvision FPN: what the dense task times, for our trunks
+    and timm's alike. Returns the pyramid's maps as a list."""
+
+    def __init__(self, body: nn.Module, channels: Sequence[int], out_channels: int | None) -> None:
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(list(channels), out_channels) if out_channels else None
+        self.out_indices = tuple(range(len(channels)))  # one output per level (the ONNX writer names them)
+        self.in_chans = 3
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = self.body(x)
+        if self.fpn is None:
+            return list(maps)
+        return list(self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps))).values())
+
+
+def build_model(
+    name: str, runtime: str = "eager", task: str = "classification", fpn_channels: int | None = DENSE_FPN_CHANNELS
+) -> nn.Module:
+    """An eval-mode model for a benchmark name, weights random (speed does not depend on them); for the
+    dense task the trunk's levels ``DENSE_LEVELS`` (timm: all its feature levels) and an FPN."""
     _check_name(name)
+    dense = dict(features_only=True, out_indices=DENSE_LEVELS) if task == "dense" else {}
     if name.startswith(TIMM_PREFIX):
         import timm
         from timm.utils.model import reparameterize_model
 
-        return reparameterize_model(timm.create_model(model_family(name), pretrained=False).eval())
-    model = create_model(model_family(name)).eval()
-    if not name.endswith(FUSE_SUFFIX):
-        return model
-    return fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last")
+        model = timm.create_model(model_family(name), pretrained=False, features_only=task == "dense")
+        model = reparameterize_model(model.eval())
+    else:
+        model = create_model(model_family(name), **dense).eval()
+        if name.endswith(FUSE_SUFFIX):
+            model = fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last")
+    if task == "dense":
+        model = BackboneFPN(model, model.feature_info.channels(), fpn_channels).eval()
+    return model
 
 
 class _Runner:
     """One model prepared for one runtime; ``__call__`` runs one synchronised batch."""
 
-    def __init__(self, name: str, runtime: str, device: str, threads: int, workdir: Path) -> None:
-        self.name = name
-        model = build_model(name, runtime).to(device)
+    def __init__(self, name: str, runtime: str, device: str, threads: int, workdir: Path, task: str,
+                 fpn_channels: int | None) -> None:
+        self.name, self.task = name, task
+        model = build_model(name, runtime, task, fpn_channels).to(device)
         self.model = model
         self.device = device
         self.run: Callable[[torch.Tensor], object]
@@ -214,14 +253,20 @@ def run_benchmark(
     warmup: int = 3,
     repeats: int = 10,
     progress: bool = True,
+    task: str = "classification",
+    fpn_channels: int | None = DENSE_FPN_CHANNELS,
 ) -> list[Result]:
     """Time every model in every (runtime, resolution, batch size) setting; see the module docstring.
 
-    ``resolutions`` may hold ``"native"``: each model at its training resolution (M4: 256).
-    On CUDA the models run under fp16 autocast; on CPU in fp32 with ``threads`` threads.
+    ``resolutions`` may hold ``"native"``: each model at its training resolution (M4: 256), or for the
+    ``dense`` task at 512. ``task`` is ``classification`` (the classifier) or ``dense`` (trunk levels and
+    an FPN of ``fpn_channels``; None: no neck). On CUDA the models run under fp16 autocast; on CPU in
+    fp32 with ``threads`` threads.
     """
     from tqdm.auto import tqdm
 
+    if task not in TASKS:
+        raise BenchmarkError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchmarkError("--device cuda asked for, but PyTorch sees no GPU: use --device cpu")
     bad = [r for r in runtimes if r not in RUNTIMES]
@@ -241,7 +286,7 @@ def run_benchmark(
             runners = {}
             for name in models:
                 try:
-                    runners[name] = _Runner(name, runtime, device, threads, Path(workdir))
+                    runners[name] = _Runner(name, runtime, device, threads, Path(workdir), task, fpn_channels)
                 except Exception as e:  # one peer failing to build or export must not end the run
                     results.append(_failed(name, runtime, device, precision, threads, e))
             for res in resolutions:
@@ -272,7 +317,7 @@ def _failed(name: str, runtime: str, device: str, precision: str, threads: int, 
 def _time_setting(runners, runtime, res, batch, device, precision, threads, warmup, repeats, bar) -> list[Result]:
     inputs, times, failed = {}, {}, {}
     for name, runner in runners.items():
-        size = native_resolution(name) if res == "native" else int(res)
+        size = native_resolution(name, runner.task) if res == "native" else int(res)
         inputs[name] = torch.randn(batch, 3, size, size, device=device)
         try:
             for _ in range(warmup):

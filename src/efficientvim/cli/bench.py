@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import platform
 from pathlib import Path
 
@@ -33,8 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "timed calls. Models: efficientvim_mX, efficientvim_mX+fuse, timm:NAME (pretrained=False, reparameterised).",
     )
     p.add_argument("--task", choices=("classification", "dense"), default="classification",
-                   help="classification, or dense: backbone + FPN latency as in the paper's dense protocol "
-                   "(512x512, batch 32 unless --resolutions/--batch-size say otherwise)")
+                   help="classification, or dense: trunk levels (strides 8-64) + FPN as in the paper's dense "
+                   "protocol (512x512 unless --resolutions says otherwise); timm: names take all their levels")
+    p.add_argument("--fpn-channels", type=non_negative_int, default=256,
+                   help="dense: the FPN's width (default 256); 0 times the trunk alone")
     p.add_argument("--models", type=_csv(str), help="comma-separated model names (default: EfficientViM M1-M4, "
                    "fused and timm's, and the timm peers)")
     p.add_argument("--runtimes", type=_csv(str), default=["eager"],
@@ -58,29 +58,30 @@ def run(args: argparse.Namespace) -> int:
     writable_folder(args.output_dir)
     import torch
 
-    from ..bench import DEFAULT_MODELS
+    from ..bench import DEFAULT_MODELS, DENSE_DEFAULT_MODELS
 
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.models is None:
-        args.models = list(DEFAULT_MODELS)
-    if args.task == "dense":
-        return run_dense(args)
+        args.models = list(DEFAULT_MODELS if args.task == "classification" else DENSE_DEFAULT_MODELS)
     from ..bench import machine_description, plot_resolution_scaling, plot_speed_accuracy, run_benchmark, write_results
 
     batches = [args.batch_size] + ([] if args.no_latency or args.batch_size == 1 else [1])
     results = run_benchmark(
         args.models, args.runtimes, args.resolutions, batches, args.threads, args.device, args.warmup,
-        args.repeats, progress=not args.no_progress,
+        args.repeats, progress=not args.no_progress, task=args.task, fpn_channels=args.fpn_channels or None,
     )  # fmt: skip
     machine = machine_description(args.device)
     meta = dict(machine=machine, device=args.device, threads=args.threads, torch=torch.__version__,
-                python=platform.python_version(), warmup=args.warmup, repeats=args.repeats, task=args.task)  # fmt: skip
+                python=platform.python_version(), warmup=args.warmup, repeats=args.repeats, task=args.task,
+                fpn_channels=args.fpn_channels if args.task == "dense" else None)  # fmt: skip
     out = Path(args.output_dir)
     paths = write_results(results, out, meta)
     precision = "fp16 autocast" if args.device.startswith("cuda") else "fp32"
     title = f"{machine}, {args.threads} threads, {precision}"
-    plots = ((plot_speed_accuracy, "speed_accuracy.png"), (plot_resolution_scaling, "resolution_scaling.png"))
+    plots = ((plot_resolution_scaling, "resolution_scaling.png"),)
+    if args.task == "classification":  # published top-1 against classifier speed
+        plots = ((plot_speed_accuracy, "speed_accuracy.png"), *plots)
     for plot, name in plots:
         if plot(results, out / name, title) is not None:
             paths[name] = out / name
@@ -93,38 +94,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.model:32s} {r.runtime:12s} {r.resolution:5d} {r.batch_size:5d} {r.median_ms:9.2f} "
               f"{r.images_per_s:8.1f} {ratio:>8s}")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-def run_dense(args: argparse.Namespace) -> int:
-    """Backbone (+FPN) latency of our models on CPU, the paper's dense-prediction protocol."""
-    import torch
-
-    from ..bench import DEFAULT_MODELS, BenchmarkError, machine_description
-    from ..dense.bench import dense_latency
-
-    if args.device != "cpu":
-        raise BenchmarkError("--task dense measures on the CPU only; pass --device cpu")
-    models = [m.removesuffix("+fuse") for m in args.models if not m.startswith("timm:")]
-    if not models or args.models == list(DEFAULT_MODELS):
-        models = [f"efficientvim_m{i}" for i in range(1, 5)]
-    sizes = [512 if r == "native" else r for r in args.resolutions]
-    rows = [
-        dense_latency(name, size, args.batch_size, threads=args.threads, warmup=args.warmup, iters=args.repeats)
-        for name in models
-        for size in sizes
-    ]
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(machine=machine_description("cpu"), threads=args.threads, torch=torch.__version__, task="dense")
-    (out / "dense_results.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2))
-    with open(out / "dense_results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{'model':18s} {'input':16s} {'neck':8s} {'ms/image':>9s} {'img/s':>7s}   ({rows[0]['runtime']}, "
-          f"{args.threads} threads, median of {args.repeats})")  # fmt: skip
-    for r in rows:
-        print(f"{r['model']:18s} {r['input']:16s} {r['neck']:8s} {r['ms_per_image']:9.1f} {r['img_per_s']:7.2f}")
-    print(f"wrote {out / 'dense_results.json'}, {out / 'dense_results.csv'}")
     return 0
