@@ -24,6 +24,11 @@ def _number(kind: type, text: str, low: float, inclusive: bool, what: str):
     return value
 
 
+def int_at_least(low: int, what: str):
+    """An argparse type: an integer of at least ``low``, refused as "must be ``what``" otherwise."""
+    return lambda text: _number(int, text, low, True, what)
+
+
 def positive_int(text: str) -> int:
     return _number(int, text, 1, True, "at least 1")
 

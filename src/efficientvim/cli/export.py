@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import MIN_IMG_SIZE, input_size, model_from_args, writable_file
+from .common import MIN_IMG_SIZE, input_size, int_at_least, model_from_args, writable_file
 
 MIN_OPSET = 17  # as efficientvim.export.MIN_OPSET (not imported: keeps --help light; a test checks they agree)
-
-
-def _opset(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < MIN_OPSET:
-        raise argparse.ArgumentTypeError(f"must be {MIN_OPSET} or newer, got {text}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument("--opset", type=_opset, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--opset", type=int_at_least(MIN_OPSET, f"{MIN_OPSET} or newer"), default=MIN_OPSET,
+                   help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--img-size", type=input_size, help=f"trace and check at this size (>= {MIN_IMG_SIZE}; "
                    "default: the model's)")
     p.set_defaults(func=run)
