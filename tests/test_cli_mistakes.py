@@ -47,8 +47,14 @@ def test_version_is_printed():
     assert run.returncode == 0 and run.stdout.strip() == f"efficientvim {efficientvim.__version__}"
 
 
-def test_the_cli_minimum_size_is_the_models_total_stride():
+def test_the_clis_own_constants_agree_with_the_package():
+    from efficientvim import export
+    from efficientvim.cli import export as export_cli
+    from efficientvim.cli.train import DENSE_TASKS
+    from efficientvim.dense.data import TASKS
+
     assert efficientvim.create_model("efficientvim_m1", **NARROW).total_stride == MIN_IMG_SIZE
+    assert export_cli.MIN_OPSET == export.MIN_OPSET and DENSE_TASKS == TASKS
 
 
 @pytest.fixture(scope="module")
