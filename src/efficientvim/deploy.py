@@ -160,6 +160,13 @@ class FusedBlock(nn.Module):
 
     Shapes: x (B, H, W, C); the returned hidden state is h * r1 (B, N, C) with r1 = s1 / (1 - s1);
     ``state_scale`` = 1 / r1 recovers the true h for the MSF head.
+
+    The folded weights serve both layouts; the block's few lines of arithmetic are written twice,
+    once per layout, because each runtime wants the other order of axes: eager PyTorch runs on
+    token-major memory with the sums inside MKL's GEMMs, while ONNX Runtime's convolutions want
+    NCHW, and there B, C, dt stay (B, N, L) so the exported graph needs no transposes around the
+    state products (in one formulation either eager loses its in-place GEMM sums or the ONNX
+    graph gains a Transpose per product).
     """
 
     def __init__(
