@@ -1,7 +1,7 @@
 """The ``efficientvim`` command: one entry point, one module per subcommand.
 
-Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` to the function that runs it. Parsing imports neither torch nor timm (``--help`` and
+Each subcommand module exposes ``HELP`` (and optionally ``DESCRIPTION``), ``add_arguments(parser)``
+and ``run(args)``. Parsing imports neither torch nor timm (``--help`` and
 argument errors answer at once); a subcommand imports what it needs when it runs. User mistakes
 (argument errors, :class:`EfficientViMError`, missing or unwritable files) are printed as one line
 with exit code 2; ``--debug`` shows the traceback.
@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f".{name}", __name__).register(sub)
+        # each subcommand module: HELP (and DESCRIPTION), add_arguments(parser), run(args)
+        module = importlib.import_module(f".{name}", __name__)
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 

@@ -23,13 +23,14 @@ def _resolution(text: str) -> int | str:
     return text if text == "native" else int(text)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="benchmark inference speed against timm peers (CSV, JSON, plots)",
-        description="Throughput (batch N) and latency (batch 1): warm-up, then the median of interleaved "
-        "timed calls. Models: efficientvim_mX, efficientvim_mX+fuse, timm:NAME (pretrained=False, reparameterised).",
-    )
+HELP = "benchmark inference speed against timm peers (CSV, JSON, plots)"
+DESCRIPTION = (
+    "Throughput (batch N) and latency (batch 1): warm-up, then the median of interleaved timed calls. "
+    "Models: efficientvim_mX, efficientvim_mX+fuse, timm:NAME (pretrained=False, reparameterised)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("classification", "dense"), default="classification",
                    help="classification, or dense: trunk levels (strides 8-64) + FPN as in the paper's dense "
                    "protocol (512x512 unless --resolutions says otherwise); timm: names take all their levels")
@@ -51,7 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="timed calls per model and setting (median reported)")
     p.add_argument("-o", "--output-dir", default="bench-results", help="folder for results.csv/json and plots")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,10 +8,10 @@ import argparse
 from .common import input_size, non_negative_int, positive_int
 from .train import DENSE_TASKS
 
+HELP = "top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); mAP or mIoU with --task"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); "
-                       "mAP or mIoU with --task")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the authors' .pth, a timm state dict, or our weights/last.pt; "
                    "with --task detection|segmentation: the best.safetensors or last.pt its training wrote")
     p.add_argument("--task", choices=("classification", *DENSE_TASKS), default="classification",
@@ -26,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     p.add_argument("--amp", action="store_true", help="bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

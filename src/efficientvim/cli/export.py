@@ -9,13 +9,14 @@ from .common import MIN_IMG_SIZE, input_size, int_at_least, model_from_args, wri
 MIN_OPSET = 17  # as efficientvim.export.MIN_OPSET (not imported: keeps --help light; a test checks they agree)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a model to ONNX or TorchScript (dynamic batch, height, width)",
-        description="Fuse a model for inference, export it, and check the file against PyTorch (1e-4). "
-        "A file written by training or save_weights names its own architecture: --checkpoint alone is enough.",
-    )
+HELP = "export a model to ONNX or TorchScript (dynamic batch, height, width)"
+DESCRIPTION = (
+    "Fuse a model for inference, export it, and check the file against PyTorch (1e-4). A file written by "
+    "training or save_weights names its own architecture: --checkpoint alone is enough."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim models`); "
                    "optional with a --checkpoint that names its architecture")
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
@@ -25,7 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--img-size", type=input_size, help=f"trace and check at this size (>= {MIN_IMG_SIZE}; "
                    "default: the model's)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,15 +7,15 @@ import json
 
 from .common import add_model_args, input_size, model_from_args
 
+HELP = "parameters, FLOPs, stage shapes, hidden-state sizes and forward memory"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="parameters, FLOPs, stage shapes, hidden-state sizes and forward memory")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim "
                    "models`); optional with a --checkpoint that names its architecture")
     add_model_args(p, name_option=False)
     p.add_argument("--img-size", type=input_size, metavar="N", help="input size N x N (default: the model's own)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
-    p.set_defaults(func=run)
 
 
 def _mib(n: int) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "list model names (and weights tags with --pretrained)"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list model names (and weights tags with --pretrained)")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. '*m2*'")
     p.add_argument("--pretrained", action="store_true", help="list timm's published weights tags")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,16 +8,16 @@ import sys
 
 from .common import add_model_args, input_size, model_from_args, positive_int, warn_if_random
 
+HELP = "classify images (files, folders, globs) and print the top-k classes"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify images (files, folders, globs) and print the top-k classes")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively) or globs")
     add_model_args(p)
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--img-size", type=input_size, metavar="N", help="input size (default: the model's own, e.g. 224)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--json", action="store_true", help="print one JSON array with an entry per image")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,15 +54,16 @@ FLAGS = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a classifier, detector or segmenter (default: digits, minutes on CPU)",
-        description="Train or fine-tune an EfficientViM classifier (or, with --task, a detector or segmenter); "
-        "with no --data, on scikit-learn's digits. Classification settings come from the recipe, then the YAML "
-        "--config file, then these options; detection and segmentation start from their embedded recipe. "
-        "Running the same command again with the same --output resumes from its last.pt.",
-    )
+HELP = "train a classifier, detector or segmenter (default: digits, minutes on CPU)"
+DESCRIPTION = (
+    "Train or fine-tune an EfficientViM classifier (or, with --task, a detector or segmenter); with no "
+    "--data, on scikit-learn's digits. Settings come from the recipe (classification: --recipe; detection "
+    "and segmentation: the task's own), then the YAML --config file, then these options. Running the same "
+    "command again with the same --output and settings resumes from its last.pt (--resume: with changed ones)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("classification", *DENSE_TASKS), default="classification",
                    help="what to train (default classification)")
     p.add_argument("--recipe", choices=recipe_names(), help=f"hyper-parameter set (default {DEFAULT_RECIPE})")
@@ -76,7 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output even though "
                    "its settings differ from these (a rerun with the same settings resumes without it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as YAML and exit")
-    p.set_defaults(func=run)
 
 
 def parse_model_args(items: list[str] | None) -> dict | None:

@@ -8,17 +8,14 @@ from pathlib import Path
 from ..errors import EfficientViMError
 from .common import add_model_args, has_random_weights, input_size, model_from_args, warn_if_random, writable_file
 
+HELP = "draw the HSM-SSD hidden-state maps, MSF fusion weights and top predictions for one image"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "visualize",
-        help="draw the HSM-SSD hidden-state maps, MSF fusion weights and top predictions for one image",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="an image file")
     add_model_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="where to write the PNG")
     p.add_argument("--img-size", type=input_size, metavar="N", help="input size (default: the model's own, e.g. 224)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
