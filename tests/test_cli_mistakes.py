@@ -50,11 +50,13 @@ def test_version_is_printed():
 def test_the_clis_own_constants_agree_with_the_package():
     from efficientvim import export
     from efficientvim.cli import export as export_cli
-    from efficientvim.cli.train import DENSE_TASKS
+    from efficientvim.cli.train import DENSE_RECIPE_NAMES, DENSE_TASKS
+    from efficientvim.dense import RECIPES
     from efficientvim.dense.data import TASKS
 
     assert efficientvim.create_model("efficientvim_m1", **NARROW).total_stride == MIN_IMG_SIZE
     assert export_cli.MIN_OPSET == export.MIN_OPSET and DENSE_TASKS == TASKS
+    assert {t: tuple(n for n, r in RECIPES.items() if r.task == t) for t in TASKS} == DENSE_RECIPE_NAMES
 
 
 @pytest.fixture(scope="module")

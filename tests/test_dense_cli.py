@@ -191,7 +191,9 @@ def test_bad_input_is_one_line(coco_root, mask_root, tmp_path, capsys):
     code, _, err = _run(capsys, "train", "--arch", "fcos")
     assert code == 2 and "applies to --task detection|segmentation only" in err
     code, _, err = _run(capsys, "train", "--task", "detection", "--recipe", "small")
-    assert code == 2 and "--recipe applies to classification only" in err
+    assert code == 2 and "unknown detection recipe 'small': choose one of digits-fcos, digits-retinanet" in err
+    code, _, err = _run(capsys, "train", "--task", "detection", "--recipe", "digits-semantic-fpn")
+    assert code == 2 and "(digits-semantic-fpn is a segmentation recipe)" in err
     code, _, err = _run(capsys, "eval", "--task", "detection", "--checkpoint", str(tmp_path / "missing.pt"))
     assert code == 2 and "not found" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
@@ -208,6 +210,9 @@ def test_dense_recipe_layers_like_classification(tmp_path, capsys):
     assert code == 0
     recipe = yaml.safe_load(out)
     assert (recipe["epochs"], recipe["lr"], recipe["fpn_channels"], recipe["arch"]) == (5, 0.001, 32, "fcos")
+    config.write_text("recipe: digits-retinanet\nepochs: 2\n")
+    code, out, _ = _run(capsys, "train", "--task", "detection", "--config", str(config), "--print-config")
+    assert code == 0 and (yaml.safe_load(out)["arch"], yaml.safe_load(out)["epochs"]) == ("retinanet", 2)
     config.write_text("epoch: 3\n")
     code, _, err = _run(capsys, "train", "--task", "detection", "--config", str(config))
     assert code == 2 and "unknown detection recipe key 'epoch' (did you mean epochs?)" in err

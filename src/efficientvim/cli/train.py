@@ -1,8 +1,8 @@
 """``efficientvim train``: train or fine-tune a classifier, detector or segmenter; with no ``--data``,
 on the embedded digits (``--task detection|segmentation``: digit canvases).
 
-Classification settings come from the recipe, then a YAML ``--config`` file, then these options;
-dense tasks start from their embedded recipe (``efficientvim.dense.DEFAULT_RECIPES``). Running the
+Settings come from the task's recipe (``--recipe``; dense ones in ``efficientvim.dense.RECIPES``),
+then a YAML ``--config`` file, then these options. Running the
 same command again in the same ``--output`` resumes from its ``last.pt``.
 """
 
@@ -14,7 +14,13 @@ import os
 from ..train.recipes import DEFAULT_RECIPE, ConfigError, TrainConfig, build_config, recipe_names
 from .common import fraction, input_size, non_negative_float, non_negative_int, positive_int, writable_folder
 
-DENSE_TASKS = ("detection", "segmentation")  # as efficientvim.dense.data.TASKS (not imported: keeps --help light)
+DENSE_TASKS = ("detection", "segmentation")
+# the named recipes, written out so that --help imports nothing (a test checks them against the package)
+DENSE_RECIPE_NAMES = {"detection": ("digits-fcos", "digits-retinanet"), "segmentation": ("digits-semantic-fpn",)}
+RECIPE_HELP = (
+    f"hyper-parameter set: classification {', '.join(recipe_names())} (default {DEFAULT_RECIPE}); "
+    + "; ".join(f"{task} {', '.join(names)} (default {names[0]})" for task, names in DENSE_RECIPE_NAMES.items())
+)  # as efficientvim.dense.data.TASKS (not imported: keeps --help light)
 # command-line option -> TrainConfig field (the options a run is usually tuned with; YAML has every key)
 OPTIONS = {
     "data": (str, "dataset root with train/ and val/ class folders (default: scikit-learn's digits); "
@@ -57,8 +63,8 @@ FLAGS = {
 HELP = "train a classifier, detector or segmenter (default: digits, minutes on CPU)"
 DESCRIPTION = (
     "Train or fine-tune an EfficientViM classifier (or, with --task, a detector or segmenter); with no "
-    "--data, on scikit-learn's digits. Settings come from the recipe (classification: --recipe; detection "
-    "and segmentation: the task's own), then the YAML --config file, then these options. Running the same "
+    "--data, on scikit-learn's digits. Settings come from the recipe (--recipe; each task has its own), "
+    "then the YAML --config file, then these options. Running the same "
     "command again with the same --output and settings resumes from its last.pt (--resume: with changed ones)."
 )
 
@@ -66,7 +72,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("classification", *DENSE_TASKS), default="classification",
                    help="what to train (default classification)")
-    p.add_argument("--recipe", choices=recipe_names(), help=f"hyper-parameter set (default {DEFAULT_RECIPE})")
+    p.add_argument("--recipe", help=RECIPE_HELP)
     p.add_argument("--config", metavar="YAML", help="YAML file of TrainConfig keys; options given here win")
     for field, (kind, text) in (*OPTIONS.items(), *DENSE_OPTIONS.items()):
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, help=text)
@@ -109,15 +115,15 @@ def resolve_dense(args: argparse.Namespace):
     from ..train.dense import DenseTrainConfig
     from ..train.recipes import read_yaml
 
-    classification_only = [f for f in (*OPTIONS, *FLAGS, "recipe") if f not in DENSE_SHARED]
+    classification_only = [f for f in (*OPTIONS, *FLAGS) if f not in DENSE_SHARED]
     wrong = _given(args, classification_only)
     if wrong:
-        raise ConfigError(f"{', '.join(wrong)} applies to classification only, not --task {args.task} "
-                          "(its recipe is the task's own; change it with --config YAML)")
+        raise ConfigError(f"{', '.join(wrong)} applies to classification only, not --task {args.task}")
     values = {f: getattr(args, f) for f in (*DENSE_SHARED, *DENSE_OPTIONS) if getattr(args, f) is not None}
     changes = read_yaml(args.config) if args.config else {}
+    recipe = args.recipe or changes.pop("recipe", None)  # as for classification, a YAML file may name its recipe
     return DenseTrainConfig(task=args.task, model_args=parse_model_args(args.model_args) or {},
-                            recipe_changes=changes, **values)
+                            recipe_changes=changes, recipe=recipe, **values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,12 +8,14 @@ segmenter = create_segmenter("semantic_fpn", "efficientvim_m4", num_classes=150)
 from .backbone import EfficientViMFPN, build_backbone
 from .data import CocoDetection, DigitCanvases, SegmentationFolder
 from .detection import create_detector
-from .recipe import DEFAULT_RECIPES, DenseRecipe, build_canvases, build_model, default_recipe
+from .recipe import DEFAULT_RECIPES, RECIPES, DenseRecipe, build_canvases, build_model, default_recipe, named_recipe
 from .segmentation import SemanticFPN, create_segmenter
 from .steps import collate_detection, collate_segmentation, evaluate, train_step
 
 __all__ = [
     "DEFAULT_RECIPES",
+    "RECIPES",
+    "named_recipe",
     "DenseRecipe",
     "build_canvases",
     "build_model",

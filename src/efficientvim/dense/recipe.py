@@ -68,6 +68,28 @@ DEFAULT_RECIPES = {
 }
 
 
+# named recipes, as for classification (``--recipe``); the first of a task is its default
+RECIPES = {
+    "digits-fcos": DEFAULT_RECIPES["detection"],
+    # the RetinaNet comparison row of docs/dense.md: same levels, FPN and schedule as the FCOS default
+    "digits-retinanet": replace(DEFAULT_RECIPES["detection"], arch="retinanet"),
+    "digits-semantic-fpn": DEFAULT_RECIPES["segmentation"],
+}
+
+
+def named_recipe(name: str, task: str) -> DenseRecipe:
+    """The recipe called ``name``, which must be one of ``task``'s, or a one-line error naming them."""
+    import difflib
+
+    own = [n for n, r in RECIPES.items() if r.task == task]
+    if name not in own:
+        close = difflib.get_close_matches(name, own, n=1)
+        other = f" ({name} is a {RECIPES[name].task} recipe)" if name in RECIPES else ""
+        raise EfficientViMError(f"unknown {task} recipe {name!r}{other}: "
+                                + (f"did you mean {close[0]}?" if close else f"choose one of {', '.join(own)}"))
+    return RECIPES[name]
+
+
 def default_recipe(task: str, **changes) -> DenseRecipe:
     """The embedded recipe of ``task`` with ``changes`` applied (fields of :class:`DenseRecipe`)."""
     if task not in TASKS:

@@ -67,6 +67,7 @@ class DenseTrainConfig:
     output: str | None = None
     seed: int = 0
     recipe_changes: dict = field(default_factory=dict)  # DenseRecipe fields from a YAML --config file
+    recipe: str | None = None  # a named recipe of the task (``efficientvim.dense.RECIPES``); None: the default
 
     def default_output(self) -> str:
         return self.output or f"runs/{'digits-' if self.data is None else ''}{self.task}"
@@ -74,10 +75,12 @@ class DenseTrainConfig:
 
 def dense_recipe(cfg: DenseTrainConfig):
     """The task's default recipe with the run's changes applied."""
-    from ..dense import default_recipe
+    from ..dense import default_recipe, named_recipe
     from ..dense.detection import DEFAULT_OUT_INDICES
 
     recipe = default_recipe(cfg.task, seed=cfg.seed)
+    if cfg.recipe is not None:
+        recipe = replace(named_recipe(cfg.recipe, cfg.task), seed=cfg.seed)
     if cfg.recipe_changes:
         known = {f.name for f in fields(recipe)}
         unknown = [k for k in cfg.recipe_changes if k not in known]
