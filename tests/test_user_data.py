@@ -182,3 +182,19 @@ def test_depthwise_weights_take_their_gradients_strides_before_ddp():
     match_grad_strides(conv, lambda: conv(x).sum())
     assert conv.weight.stride() == grad_stride and conv.weight.grad is None
     torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
+
+
+def test_a_tar_of_class_folders_reads_as_the_folder_does(tmp_path):
+    import pickle
+    import tarfile
+
+    data = make_folder(tmp_path / "data")
+    with tarfile.open(tmp_path / "train.tar", "w") as tar:
+        tar.add(data / "train", arcname=".")
+    folder, packed = ImageFiles(data / "train"), ImageFiles(tmp_path / "train.tar")
+    assert packed.counts == folder.counts and len(packed) == len(folder) == 24
+    image, target = packed[5]
+    assert packed.class_names[target] == folder.class_names[folder[5][1]]
+    assert np.array_equal(np.asarray(image), np.asarray(folder[5][0]))
+    clone = pickle.loads(pickle.dumps(packed))  # what a DataLoader worker receives: no open file handle
+    assert np.array_equal(np.asarray(clone[5][0]), np.asarray(image))
