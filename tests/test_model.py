@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import efficientvim as ev
+from conftest import relative_error
 from efficientvim.registry import model_config
 
 ALL = ev.list_models()
@@ -14,10 +15,6 @@ TINY = dict(embed_dim=(32, 48, 64), depths=(1, 2, 1), state_dim=(8, 6, 4))
 PARAMS = {"efficientvim_m1": 6_679_458, "efficientvim_m2": 13_903_842,
           "efficientvim_m3": 16_604_174, "efficientvim_m4": 19_606_505}
 MACS = {"efficientvim_m1": 239e6, "efficientvim_m2": 355e6, "efficientvim_m3": 656e6, "efficientvim_m4": 1111e6}
-
-
-def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -31,7 +28,7 @@ def test_logits_equal_timm_for_random_weights(name, timm_reference):
             x = torch.randn(2, 3, *size)
             expected = reference(x)
             assert expected.std() > 1e-2  # a meaningful comparison, not two near-zero tensors
-            assert max_rel(model(x), expected) <= 1e-5
+            assert relative_error(expected, model(x)) <= 1e-5
 
 
 @pytest.mark.parametrize("name", list(PARAMS))
@@ -56,7 +53,7 @@ def test_distilled_returns_both_logits_in_training_and_their_mean_in_eval(timm_r
     reference.set_distilled_training(True)
     z, z_dist = model(x)
     z_ref, z_dist_ref = reference(x)
-    assert max_rel(z, z_ref) <= 1e-5 and max_rel(z_dist, z_dist_ref) <= 1e-5
+    assert relative_error(z_ref, z) <= 1e-5 and relative_error(z_dist_ref, z_dist) <= 1e-5
     model.eval()
     with torch.no_grad():
         features = model.forward_features(x)
