@@ -55,6 +55,7 @@ def test_fused_distilled_model_returns_the_mean_of_both_heads():
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         model.train()
+        model.set_distilled_training(True)
         for m in model.modules():  # training mode for the heads only: BN keeps its running stats
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()

@@ -43,13 +43,16 @@ def test_flops_at_default_resolution_within_two_percent(name):
     assert abs(macs / MACS[name] - 1) <= 0.02
 
 
-def test_distilled_returns_both_logits_in_training_and_their_mean_in_eval(timm_reference):
+def test_distilled_returns_both_logits_only_when_told_and_their_mean_otherwise(timm_reference):
     reference = timm_reference("efficientvim_m1_dist")
     model = ev.create_model("efficientvim_m1_dist")
     model.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 64, 96)
     model.train()
     reference.train()
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))  # as timm: a tensor in training mode by default
+    model.set_distilled_training(True)
     reference.set_distilled_training(True)
     z, z_dist = model(x)
     z_ref, z_dist_ref = reference(x)
@@ -66,6 +69,7 @@ def test_distilled_returns_both_logits_in_training_and_their_mean_in_eval(timm_r
 def test_every_parameter_receives_a_gradient(randomize):
     # randomised: at initialisation zero BN scales deliberately block some gradients
     model = randomize(ev.create_model("efficientvim_m1_dist", **TINY, num_classes=7)).train()
+    model.set_distilled_training(True)
     # 128 px so the last stage has more than one token (a softmax over one token has no gradient)
     z, z_dist = model(torch.randn(2, 3, 128, 128))
     (z.square().mean() + z_dist.square().mean()).backward()
@@ -233,3 +237,27 @@ def test_unfused_model_exports_to_onnx_runtime_with_dynamic_sizes(tmp_path):
     (y,) = onnxruntime.InferenceSession(str(path)).run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_timm_configs_and_factory_arguments():
+    model = ev.create_model("efficientvim_m2_dist", global_pool="avg", output_stride=64,
+                            pretrained_cfg_overlay={"crop_pct": 0.95}, dtype=torch.float64)
+    cfg = model.default_cfg
+    assert cfg is model.pretrained_cfg and cfg["crop_pct"] == 0.95
+    assert cfg["first_conv"] == "patch_embed.conv.0.conv" and cfg["pool_size"] is None
+    assert cfg["classifier"] == (*[f"heads.{i}" for i in range(4)], *[f"heads_dist.{i}" for i in range(4)])
+    modules = dict(model.named_modules())
+    assert all(isinstance(modules[name], torch.nn.Linear) for name in cfg["classifier"])
+    assert isinstance(modules[cfg["first_conv"]], torch.nn.Conv2d)
+    assert next(model.parameters()).dtype == torch.float64
+    for bad in ({"global_pool": "max"}, {"output_stride": 16}, {"feature_cls": "dict"}):
+        with pytest.raises(ValueError):
+            ev.create_model("efficientvim_m1", **TINY, **bad)
+
+
+def test_reset_classifier_makes_heads_on_the_models_device_and_dtype():
+    model = ev.create_model("efficientvim_m1_dist", **TINY).to(torch.float64)
+    model.reset_classifier(5, global_pool="avg")
+    heads = [*model.heads, *model.heads_dist]
+    assert all(h.weight.dtype == torch.float64 and h.out_features == 5 for h in heads)
+    assert model.eval()(torch.randn(1, 3, 64, 64, dtype=torch.float64)).shape == (1, 5)

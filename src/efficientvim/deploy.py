@@ -391,6 +391,8 @@ class _FusedTrunk(nn.Module):
         for name in ("model_name", "pretrained_cfg", "feature_info", "num_classes", "num_features", "embed_dim"):
             if hasattr(model, name):
                 setattr(self, name, copy.deepcopy(getattr(model, name)))
+        if hasattr(self, "pretrained_cfg"):
+            self.default_cfg = self.pretrained_cfg
 
     def train(self, mode: bool = True) -> _FusedTrunk:
         if mode:

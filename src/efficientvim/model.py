@@ -163,8 +163,9 @@ class EfficientViM(_Trunk):
 
     The MSF head reads the hidden state h_i of the last block of each stage and the final map:
     z_i = Linear(mean_N(LN(h_i))), z_3 = Linear(GAP(LN(x))), logits = sum_i softmax(w)_i z_i.
-    With ``distilled=True`` a second set of heads and weights produces z_dist; the model then
-    returns (z, z_dist) in training mode and (z + z_dist) / 2 in eval mode.
+    With ``distilled=True`` a second set of heads and weights produces z_dist; the model returns
+    (z + z_dist) / 2, or the pair (z, z_dist) in training mode after ``set_distilled_training(True)``
+    (what DeiT distillation trains on), as timm's distilled models do.
     """
 
     def __init__(
@@ -183,6 +184,7 @@ class EfficientViM(_Trunk):
         super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
         self.num_classes = num_classes
         self.distilled = distilled
+        self.distilled_training = False
         self.feature_info = self.stage_info()
         head_dims = (*self.embed_dim, self.embed_dim[-1])
         self.num_features = self.head_hidden_size = sum(head_dims)
@@ -208,13 +210,19 @@ class EfficientViM(_Trunk):
     def get_classifier(self) -> nn.ModuleList:
         return self.heads
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace all four MSF heads (and the distilled ones) with fresh heads for ``num_classes``."""
-        device = self.weights.device
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Return (z, z_dist) in training mode (DeiT distillation) instead of their mean."""
+        self.distilled_training = enable
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace all four MSF heads (and the distilled ones) with fresh heads for ``num_classes``, on the
+        model's device and dtype. ``global_pool``: the MSF head averages (``"avg"``); nothing else exists."""
+        _check_global_pool(global_pool)
         self.num_classes = num_classes
         heads = [("heads", "weights")] + ([("heads_dist", "weights_dist")] if self.distilled else [])
         for head_name, weight_name in heads:
-            new = self._make_heads(num_classes).to(device)
+            new = self._make_heads(num_classes).to(self.weights.device, self.weights.dtype)
             new.apply(self._init_weights)
             new.train(self.training)
             setattr(self, head_name, new)
@@ -239,7 +247,7 @@ class EfficientViM(_Trunk):
         if not self.distilled:
             return z
         z_dist = self._fuse(pooled, self.heads_dist, self.weights_dist)
-        if self.training and not torch.jit.is_scripting():
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
             return z, z_dist
         return (z + z_dist) / 2
 
@@ -285,6 +293,11 @@ class EfficientViM(_Trunk):
         if intermediates_only:
             return intermediates
         return [*states, x], intermediates
+
+
+def _check_global_pool(global_pool: str | None) -> None:
+    if global_pool not in (None, "", "avg"):
+        raise ValueError(f"EfficientViM's MSF head pools by averaging: global_pool must be 'avg', not {global_pool!r}")
 
 
 def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[int]:

@@ -73,14 +73,19 @@ def model_config(name: str) -> dict:
 
 
 def _default_cfg(name: str, img_size: int, in_chans: int, num_classes: int) -> dict:
-    # timm's data-config keys, so timm.data.resolve_model_data_config works on our models
+    # timm's pretrained-config keys, so timm.data.resolve_model_data_config and timm's tools work on our models
+    heads = [f"heads.{i}" for i in range(4)] + ([f"heads_dist.{i}" for i in range(4)] if name.endswith("_dist") else [])
     return dict(
         architecture=name,
         input_size=(in_chans, img_size, img_size),
+        pool_size=None,
+        fixed_input_size=False,
         crop_pct=0.875,
         interpolation="bicubic",
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.conv.0.conv",
+        classifier=tuple(heads),  # every MSF head: a class-count change resets all of them
         num_classes=num_classes,
         label_names=None,
     )
@@ -141,6 +146,9 @@ def create_model(
     base, tag = _resolve_name(name)
     cfg = model_config(base)
     img_size = overrides.pop("img_size", cfg["img_size"])
+    device, dtype = overrides.pop("device", None), overrides.pop("dtype", None)
+    cfg_overlay = overrides.pop("pretrained_cfg_overlay", None) or {}
+    _check_timm_arguments(overrides, features_only)
     arch = dict(embed_dim=cfg["embed_dim"], depths=cfg["depths"], state_dim=cfg["state_dim"])
     overridden = {k: tuple(overrides.pop(k)) for k in list(overrides) if k in arch}
     arch.update(overridden)
@@ -173,12 +181,31 @@ def create_model(
             **overrides,
         )
     model.model_name = base
-    model.pretrained_cfg = _default_cfg(base, img_size, in_chans, getattr(model, "num_classes", 0))
+    model.pretrained_cfg = {**_default_cfg(base, img_size, in_chans, getattr(model, "num_classes", 0)), **cfg_overlay}
+    model.default_cfg = model.pretrained_cfg  # timm's older name for the same dict
     if ckpt is not None:
         reset_heads = features_only or (ckpt.num_classes is not None and ckpt.num_classes != model.num_classes)
         load_into(model, ckpt, drop_heads=reset_heads)
         _apply_metadata(model, ckpt.metadata, keep_labels=not reset_heads)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
     return model
+
+
+def _check_timm_arguments(overrides: dict, features_only: bool) -> None:
+    """Accept the keyword arguments timm's factory passes, where they mean what the model does, and
+    refuse the others clearly (a TypeError deep in a constructor otherwise)."""
+    from .model import _check_global_pool
+
+    _check_global_pool(overrides.pop("global_pool", None))
+    output_stride = overrides.pop("output_stride", None)
+    if output_stride not in (None, 64):
+        raise ValueError(f"EfficientViM has a fixed output stride of 64 (no dilation): output_stride={output_stride} "
+                         "is not supported")
+    feature_cls = overrides.pop("feature_cls", None)
+    if feature_cls not in (None, "getter", "list") or (feature_cls and not features_only):
+        raise ValueError(f"feature_cls={feature_cls!r}: EfficientViM feature extractors return a list of maps "
+                         "(features_only=True)")
 
 
 def _layout_from_checkpoint(arch: dict, ckpt: Checkpoint, given: dict) -> None:

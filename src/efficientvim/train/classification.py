@@ -248,6 +248,8 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
         reset = Checkpoint(init).num_classes not in (None, len(classes))
         say(f"initialised from {init}" + (f" (MSF heads reset for {len(classes)} classes)" if reset else ""))
     model.pretrained_cfg.update(input_size=(3, cfg.img_size, cfg.img_size), label_names=list(classes), **preprocess)
+    if cfg.distillation != "none":
+        model.set_distilled_training(True)  # (z, z_dist) in training mode: the distillation head learns the teacher
     model.to(d.device)
     params = sum(p.numel() for p in model.parameters())
     say(f"model: {name}, {params / 1e6:.2f}M parameters, {cfg.img_size}x{cfg.img_size} input")
