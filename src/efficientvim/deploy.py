@@ -467,6 +467,8 @@ def fuse(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if any(isinstance(m, ConvNorm) and not isinstance(m.norm, nn.BatchNorm2d) for m in model.modules()):
+        raise ValueError("this model's BatchNorms are already folded (timm's reparameterize_model): fuse the original")
     param = next(model.parameters())
     if isinstance(model, EfficientViM):
         fused = FusedEfficientViM(model, param.dtype, layout == "channels_first")

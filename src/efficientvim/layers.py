@@ -35,6 +35,34 @@ class ConvNorm(nn.Sequential):
         if act:
             self.act = nn.ReLU()
 
+    @torch.no_grad()
+    def fuse(self, gate: torch.Tensor | None = None, identity: bool = False) -> ConvNorm:
+        """Fold the BatchNorm into the conv (in place; returns self), for inference.
+
+        ``identity`` adds the input to the output (a residual x + f(x)); ``gate`` s (C,) makes the
+        module compute (1 - s) x + s f(x). Both need a depthwise, same-size conv; both are linear in x,
+        so they fold into the kernel as multiples of the identity kernel delta.
+        """
+        conv, bn = self.conv, self.norm
+        # in float64, cast back once: the folded model matches the original to float32 rounding
+        weight = conv.weight.double()
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64,
+                                                                            device=weight.device)
+        if isinstance(bn, nn.BatchNorm2d):
+            scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+            weight, bias = weight * scale.view(-1, 1, 1, 1), bn.bias.double() - bn.running_mean.double() * scale
+            self.norm = nn.Identity()
+        if gate is not None or identity:
+            if conv.groups != conv.in_channels or conv.in_channels != conv.out_channels or conv.stride != (1, 1):
+                raise ValueError("only a depthwise, stride-1 conv folds a residual or gate")
+            s = gate.double() if gate is not None else torch.ones_like(bias)
+            weight, bias = weight * s.view(-1, 1, 1, 1), bias * s
+            k = conv.kernel_size[0] // 2
+            weight[:, 0, k, k] += 1.0 - s if gate is not None else 1.0  # the x term through the centre tap
+        conv.weight.copy_(weight)
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+        return self
+
 
 class DepthwiseConvNorm(ConvNorm):
     """3x3 depthwise Conv-BN without activation: the local-mixing branch of blocks and downsamples."""
@@ -113,8 +141,22 @@ class PatchMerging(nn.Module):
             ConvNorm(hidden, out_dim, act=False),
         )
         self.dwconv2 = DepthwiseConvNorm(out_dim)
+        self.residuals_folded = False  # set by fuse()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residuals_folded:
+            return self.dwconv2(self.conv(self.dwconv1(x)))
         x = x + self.dwconv1(x)
         x = self.conv(x)
         return x + self.dwconv2(x)
+
+    @torch.no_grad()
+    def fuse(self) -> PatchMerging:
+        """Fold every BatchNorm and both residual branches x + DW(x) into plain convs (in place), for inference."""
+        self.dwconv1.fuse(identity=True)
+        self.dwconv2.fuse(identity=True)
+        for m in self.conv:
+            if isinstance(m, ConvNorm):
+                m.fuse()
+        self.residuals_folded = True
+        return self

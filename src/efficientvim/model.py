@@ -43,6 +43,7 @@ class EfficientViMBlock(nn.Module):
         self.ffn = FFN(dim, int(dim * mlp_ratio))
         self.alpha = nn.Parameter(torch.full((4, dim), 1e-4))  # gate logits, one row per branch
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gates_folded = False  # set by fuse()
 
     def _gate(self, x: torch.Tensor, fx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         # (1 - s) x + s f(x) written as x + s (f(x) - x) so stochastic depth drops the whole branch
@@ -50,12 +51,25 @@ class EfficientViMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.alpha.sigmoid().view(4, 1, -1, 1, 1)
-        x = self._gate(x, self.dwconv1(x), s[0])
+        x = self.dwconv1(x) if self.gates_folded else self._gate(x, self.dwconv1(x), s[0])
         y, h = self.mixer(self.norm(x))
         x = self._gate(x, y, s[1])
-        x = self._gate(x, self.dwconv2(x), s[2])
+        x = self.dwconv2(x) if self.gates_folded else self._gate(x, self.dwconv2(x), s[2])
         x = self._gate(x, self.ffn(x), s[3])
         return x, h
+
+    @torch.no_grad()
+    def fuse(self) -> EfficientViMBlock:
+        """Fold every BatchNorm, and the gates of the two depthwise branches (s K + (1 - s) delta), into plain
+        convs, in place: what ``timm.utils.reparameterize_model`` calls. Inference only (no stochastic depth).
+        ``efficientvim.fuse`` folds the whole model further (all four gates, token-major layout)."""
+        s = self.alpha.sigmoid()
+        self.dwconv1.fuse(gate=s[0])
+        self.dwconv2.fuse(gate=s[2])
+        self.ffn.fc1.fuse()
+        self.ffn.fc2.fuse()
+        self.gates_folded = True
+        return self
 
 
 class EfficientViMStage(nn.Module):
