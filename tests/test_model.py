@@ -61,8 +61,7 @@ def test_distilled_returns_both_logits_only_when_told_and_their_mean_otherwise(t
     with torch.no_grad():
         features = model.forward_features(x)
         pooled = [n(f).flatten(2).mean(-1) for n, f in zip(model.norm, features)]
-        z_eval = model._fuse(pooled, model.heads, model.weights)
-        z_dist_eval = model._fuse(pooled, model.heads_dist, model.weights_dist)
+        z_eval, z_dist_eval = model._logits(pooled), model._logits_dist(pooled)
         torch.testing.assert_close(model(x), (z_eval + z_dist_eval) / 2)
 
 
@@ -261,3 +260,39 @@ def test_reset_classifier_makes_heads_on_the_models_device_and_dtype():
     heads = [*model.heads, *model.heads_dist]
     assert all(h.weight.dtype == torch.float64 and h.out_features == 5 for h in heads)
     assert model.eval()(torch.randn(1, 3, 64, 64, dtype=torch.float64)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["efficientvim_m1", "efficientvim_m1_dist", "features"])
+def test_torchscript_scripting_and_fx_tracing_match_eager(name, tmp_path):
+    import warnings
+
+    from torch.fx import symbolic_trace
+
+    if name == "features":
+        model = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=(0, 2, 4)).eval()
+    else:
+        model = ev.create_model(name, **TINY).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated in favour of torch.compile
+        expected = model(x)
+        scripted = torch.jit.script(model)
+        torch.jit.save(scripted, tmp_path / "m.pt")
+        for other in (torch.jit.load(tmp_path / "m.pt"), symbolic_trace(model)):
+            got = other(x)
+            for e, g in zip(*[o if isinstance(o, list) else [o] for o in (expected, got)]):
+                torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_torchvision_feature_extractor_reads_stage_outputs():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = ev.create_model("efficientvim_m1", **TINY).eval()
+    extractor = create_feature_extractor(model, return_nodes={"stages.0.blocks.0": "block0", "patch_embed": "stem"})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = extractor(x)
+        stem = model.patch_embed(x)
+    torch.testing.assert_close(out["stem"], stem)
+    block = out["block0"]  # the block returns (map, hidden state); the extractor may hand over either form
+    torch.testing.assert_close(block[0] if isinstance(block, tuple) else block, model.stages[0].blocks[0](stem)[0])

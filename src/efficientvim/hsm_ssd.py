@@ -23,6 +23,25 @@ class PointwiseProjection(nn.Module):
         return self.conv(x)
 
 
+def _check_layout(x: torch.Tensor, size: tuple[int, int] | None) -> None:
+    """A clear error for a map or token tensor of the wrong shape; eager Python only (see model._check_input)."""
+    if not torch.jit.is_scripting():
+        _check_layout_eagerly(x, size)
+
+
+@torch.jit.ignore
+def _check_layout_eagerly(x: torch.Tensor, size: tuple[int, int] | None) -> None:
+    if size is None and x.dim() != 4:
+        raise ValueError(
+            f"HSMSSD expects a (B, C, H, W) map, or (B, L, C) tokens with size=(H, W); got {tuple(x.shape)}"
+        )
+    if size is not None and (x.dim() != 3 or x.shape[1] != size[0] * size[1]):
+        raise ValueError(f"tokens of shape {tuple(x.shape)} do not match size {size[0]}x{size[1]}")
+
+
+torch.fx.wrap("_check_layout")  # symbolic tracing records the check as one call instead of its branches
+
+
 class HSMSSD(nn.Module):
     """HSM-SSD on x in R^{D x L} (L = H*W tokens, N hidden states):
 
@@ -75,17 +94,12 @@ class HSMSSD(nn.Module):
         Returns:
             (y, h): y in the layout of x, and the hidden state h of shape (B, C, N).
         """
+        _check_layout(x, size)
         if size is None:
-            if x.dim() != 4:
-                raise ValueError(
-                    f"HSMSSD expects a (B, C, H, W) map, or (B, L, C) tokens with size=(H, W); got {tuple(x.shape)}"
-                )
-            batch, _, height, width = x.shape
+            batch, height, width = x.shape[0], x.shape[2], x.shape[3]
             y, h = self._mix(x.flatten(2), height, width)
             return y.reshape(batch, -1, height, width), h
         height, width = size
-        if x.dim() != 3 or x.shape[1] != height * width:
-            raise ValueError(f"tokens of shape {tuple(x.shape)} do not match size {height}x{width}")
         y, h = self._mix(x.transpose(1, 2), height, width)
         return y.transpose(1, 2), h
 

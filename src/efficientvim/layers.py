@@ -81,10 +81,11 @@ class ChannelLayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps)
-        # explicit non-negative dims: the ONNX exporter writes movedim(-1, 1) as a Transpose with a
-        # negative perm entry, which ONNX Runtime rejects
-        return x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+        # swapping axes 1 and -1 is its own inverse; explicit non-negative dims, since the ONNX exporter writes
+        # a negative axis as a Transpose perm entry ONNX Runtime rejects; scriptable and fx-traceable
+        last = x.dim() - 1
+        x = F.layer_norm(x.transpose(1, last), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.transpose(1, last)
 
 
 class Stem(nn.Module):

@@ -20,6 +20,7 @@ from .hsm_ssd import HSMSSD
 from .layers import FFN, ChannelLayerNorm, DepthwiseConvNorm, PatchMerging, Stem
 
 STEM_STRIDE = 16
+torch.fx.wrap("_check_input")  # symbolic tracing records the input check as one call instead of its branches
 # logits, or (z, z_dist) from a distilled model in training mode
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -97,15 +98,29 @@ class EfficientViMStage(nn.Module):
         """Return (stage output map, input of the next stage, hidden state of the last block)."""
         h = x.new_empty(0)
         for block in self.blocks:
-            if self.grad_checkpointing and x.requires_grad:
-                x, h = checkpoint(block, x, use_reentrant=False)
+            if self.grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
+                x, h = _checkpointed(block, x)
             else:
                 x, h = block(x)
         nxt = self.downsample(x) if self.downsample is not None else x
         return x, nxt, h
 
 
+@torch.jit.ignore
+def _checkpointed(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block(x)`` under activation checkpointing (training only; TorchScript does not compile it)."""
+    return checkpoint(block, x, use_reentrant=False)
+
+
 def _check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """One clear error for a wrong input, before any layer runs; checked in eager Python only (a scripted,
+    traced or compiled graph has no use for the message). torch.fx records the call without tracing in."""
+    if not torch.jit.is_scripting():
+        _check_input_eagerly(x, in_chans, min_size)
+
+
+@torch.jit.ignore
+def _check_input_eagerly(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return
     if x.dim() != 4 or x.shape[1] != in_chans:
@@ -250,27 +265,40 @@ class EfficientViM(_Trunk):
         for stage in self.stages:
             _, x, h = stage(x)
             states.append(h)
-        return [*states, x]
+        states.append(x)
+        return states
 
     def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> Logits:
         """MSF head on ``forward_features`` output: logits, or the pooled features (B, num_features)."""
-        pooled = [self.head_drop(norm(f).flatten(2).mean(-1)) for norm, f in zip(self.norm, features)]
+        pooled: list[torch.Tensor] = []
+        for i, norm in enumerate(self.norm):
+            pooled.append(self.head_drop(norm(features[i]).flatten(2).mean(-1)))
         if pre_logits or self.num_classes == 0:
             return torch.cat(pooled, dim=1)
-        z = self._fuse(pooled, self.heads, self.weights)
-        if not self.distilled:
+        z = self._logits(pooled)
+        if not hasattr(self, "heads_dist"):  # resolved when scripting: a plain model has no distilled heads
             return z
-        z_dist = self._fuse(pooled, self.heads_dist, self.weights_dist)
+        z_dist = self._logits_dist(pooled)
         if self.distilled_training and self.training and not torch.jit.is_scripting():
             return z, z_dist
         return (z + z_dist) / 2
 
-    @staticmethod
-    def _fuse(pooled: list[torch.Tensor], heads: nn.ModuleList, weights: torch.Tensor) -> torch.Tensor:
-        w = weights.softmax(-1)
-        z = w[0] * heads[0](pooled[0])
-        for i in range(1, len(pooled)):
-            z = z + w[i] * heads[i](pooled[i])
+    # z = sum_i softmax(w)_i head_i(pooled_i), once per head set (TorchScript iterates a ModuleList
+    # only as a module attribute, not as an argument)
+    def _logits(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        w = self.weights.softmax(-1)
+        z = w[0] * self.heads[0](pooled[0])
+        for i, head in enumerate(self.heads):
+            if i > 0:
+                z = z + w[i] * head(pooled[i])
+        return z
+
+    def _logits_dist(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        w = self.weights_dist.softmax(-1)
+        z = w[0] * self.heads_dist[0](pooled[0])
+        for i, head in enumerate(self.heads_dist):
+            if i > 0:
+                z = z + w[i] * head(pooled[i])
         return z
 
     def forward(self, x: torch.Tensor) -> Logits:
