@@ -296,3 +296,23 @@ def test_torchvision_feature_extractor_reads_stage_outputs():
     torch.testing.assert_close(out["stem"], stem)
     block = out["block0"]  # the block returns (map, hidden state); the extractor may hand over either form
     torch.testing.assert_close(block[0] if isinstance(block, tuple) else block, model.stages[0].blocks[0](stem)[0])
+
+
+def test_a_model_built_on_the_meta_device_initialises_like_a_normal_one():
+    model = ev.create_model("efficientvim_m1_dist", device="meta")
+    assert all(p.is_meta for p in model.parameters())
+    model = model.to_empty(device="cpu")
+    model.init_weights()
+    model.eval()
+    reference = ev.create_model("efficientvim_m1_dist")
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(2, 3, 96, 96))).all()
+    # what the constructor sets to constants (gates, d, fusion weights, BN scales and statistics) is equal;
+    # the rest is drawn from the same distributions
+    ours, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
+    for name in [n for n in ours if n.endswith(("alpha", "mixer.D", "weights", "weights_dist", "norm.weight"))]:
+        assert torch.equal(ours[name], theirs[name]), name
+    for (name, a), (_, b) in zip(model.named_buffers(), reference.named_buffers()):
+        assert torch.equal(a, b), name
+    a_init = [p for n, p in ours.items() if n.endswith("mixer.A")]
+    assert all(p.min() >= 1.0 and p.max() <= 16.0 for p in a_init)

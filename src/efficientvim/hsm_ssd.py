@@ -79,8 +79,15 @@ class HSMSSD(nn.Module):
         self.dw.conv = nn.Conv2d(3 * state_dim, 3 * state_dim, 3, 1, 1, groups=3 * state_dim, bias=False)
         self.hz_proj = PointwiseProjection(dim, 2 * self.d_inner)
         self.out_proj = PointwiseProjection(self.d_inner, dim)
+        self.a_init_range = a_init_range
         self.A = nn.Parameter(torch.empty(state_dim).uniform_(*a_init_range))  # a in the paper
         self.D = nn.Parameter(torch.ones(1))  # d, the skip weight of the hidden-state gate
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The constructor's initialisation of a and d (the projections reset themselves)."""
+        self.A.uniform_(*self.a_init_range)
+        self.D.fill_(1.0)
 
     def forward(
         self, x: torch.Tensor, size: tuple[int, int] | None = None

@@ -30,10 +30,17 @@ class ConvNorm(nn.Sequential):
             in_dim, out_dim, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
         )
         self.norm = nn.BatchNorm2d(out_dim)
+        self.bn_weight_init = bn_weight_init
         nn.init.constant_(self.norm.weight, bn_weight_init)
         nn.init.zeros_(self.norm.bias)
         if act:
             self.act = nn.ReLU()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The constructor's special value (after the layers' own reset_parameters): the BN scale."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            nn.init.constant_(self.norm.weight, self.bn_weight_init)
 
     @torch.no_grad()
     def fuse(self, gate: torch.Tensor | None = None, identity: bool = False) -> ConvNorm:

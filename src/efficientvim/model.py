@@ -46,6 +46,10 @@ class EfficientViMBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.gates_folded = False  # set by fuse()
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        self.alpha.fill_(1e-4)
+
     def _gate(self, x: torch.Tensor, fx: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         # (1 - s) x + s f(x) written as x + s (f(x) - x) so stochastic depth drops the whole branch
         return x + self.drop_path(s * (fx - x))
@@ -155,7 +159,9 @@ class _Trunk(nn.Module):
         self.state_dim = tuple(state_dim)
         self.num_stages = len(depths)
         self.patch_embed = Stem(in_chans, embed_dim[0])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        # stochastic depth ramps linearly over the blocks (plain floats: also builds on the meta device)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, start = [], 0
         for i, depth in enumerate(depths):
             out_dim = embed_dim[i + 1] if i + 1 < len(depths) else None
@@ -179,6 +185,21 @@ class _Trunk(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter and buffer as the constructor does (in distribution): for a model built
+        on the meta device, then given memory with ``to_empty``."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()  # convs, BatchNorms (running statistics too), LayerNorms, linears
+        for m in self.modules():
+            if m is not self and hasattr(m, "init_weights"):
+                m.init_weights()
+        for name in ("weights", "weights_dist"):
+            if hasattr(self, name):
+                getattr(self, name).fill_(1.0)
+        self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import os
 from dataclasses import dataclass
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
@@ -167,19 +169,21 @@ def create_model(
         if saved_arch in (None, base):
             _layout_from_checkpoint(arch, ckpt, given=overridden)
 
-    if features_only:
-        model = EfficientViMFeatures(in_chans=in_chans, drop_path_rate=drop_path_rate, **arch, **overrides)
-    else:
-        ckpt_classes = ckpt.num_classes if ckpt is not None else None
-        classes = num_classes if num_classes is not None else (ckpt_classes or 1000)
-        model = EfficientViM(
-            in_chans=in_chans,
-            num_classes=classes,
-            drop_path_rate=drop_path_rate,
-            distilled=cfg["distilled"],
-            **arch,
-            **overrides,
-        )
+    # built directly on ``device`` (the meta device too: then to_empty() and init_weights())
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if features_only:
+            model = EfficientViMFeatures(in_chans=in_chans, drop_path_rate=drop_path_rate, **arch, **overrides)
+        else:
+            ckpt_classes = ckpt.num_classes if ckpt is not None else None
+            classes = num_classes if num_classes is not None else (ckpt_classes or 1000)
+            model = EfficientViM(
+                in_chans=in_chans,
+                num_classes=classes,
+                drop_path_rate=drop_path_rate,
+                distilled=cfg["distilled"],
+                **arch,
+                **overrides,
+            )
     model.model_name = base
     model.pretrained_cfg = {**_default_cfg(base, img_size, in_chans, getattr(model, "num_classes", 0)), **cfg_overlay}
     model.default_cfg = model.pretrained_cfg  # timm's older name for the same dict
@@ -187,8 +191,8 @@ def create_model(
         reset_heads = features_only or (ckpt.num_classes is not None and ckpt.num_classes != model.num_classes)
         load_into(model, ckpt, drop_heads=reset_heads)
         _apply_metadata(model, ckpt.metadata, keep_labels=not reset_heads)
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
+    if dtype is not None:
+        model.to(dtype=dtype)
     return model
 
 
