@@ -278,7 +278,8 @@ def test_torchscript_scripting_and_fx_tracing_match_eager(name, tmp_path):
         expected = model(x)
         scripted = torch.jit.script(model)
         torch.jit.save(scripted, tmp_path / "m.pt")
-        for other in (torch.jit.load(tmp_path / "m.pt"), symbolic_trace(model)):
+        traced = symbolic_trace(model)
+        for other in (torch.jit.load(tmp_path / "m.pt"), traced, torch.jit.script(traced)):
             got = other(x)
             for e, g in zip(*[o if isinstance(o, list) else [o] for o in (expected, got)]):
                 torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)

@@ -5,8 +5,6 @@ trunk returning feature maps for dense prediction. Both keep the released checkp
 names, so state dicts move between this package, the authors' code and timm unchanged.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -64,7 +62,7 @@ class EfficientViMBlock(nn.Module):
         return x, h
 
     @torch.no_grad()
-    def fuse(self) -> EfficientViMBlock:
+    def fuse(self) -> "EfficientViMBlock":
         """Fold every BatchNorm, and the gates of the two depthwise branches (s K + (1 - s) delta), into plain
         convs, in place: what ``timm.utils.reparameterize_model`` calls. Inference only (no stochastic depth).
         ``efficientvim.fuse`` folds the whole model further (all four gates, token-major layout)."""
