@@ -106,11 +106,16 @@ def test_dense_benchmark_model_returns_the_fpn_levels_of_fused_and_unfused_trunk
     from efficientvim.bench import build_model
 
     x = torch.randn(1, 3, 128, 128)
+    models = {}
+    for name, fpn in (("efficientvim_m1", 256), ("efficientvim_m1+fuse", 256), ("efficientvim_m1", None),
+                      ("efficientvim_m1+fuse", None)):
+        torch.manual_seed(0)  # the same random weights for the fused and the unfused build
+        models[name, fpn] = build_model(name, task="dense", fpn_channels=fpn)
     with torch.no_grad():
-        plain = build_model("efficientvim_m1", task="dense")
-        fused = build_model("efficientvim_m1+fuse", task="dense")
-        maps, fused_maps = plain(x), fused(x)
-        trunk_only = build_model("efficientvim_m1", task="dense", fpn_channels=None)(x)
-    assert [tuple(m.shape) for m in maps] == [(1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4), (1, 256, 2, 2)]
-    assert [tuple(m.shape) for m in fused_maps] == [tuple(m.shape) for m in maps]
-    assert [m.shape[1] for m in trunk_only] == [64, 128, 192, 320]
+        out = {key: model(x) for key, model in models.items()}
+    assert [tuple(m.shape) for m in out["efficientvim_m1", 256]] == [
+        (1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4), (1, 256, 2, 2)]
+    assert [m.shape[1] for m in out["efficientvim_m1", None]] == [64, 128, 192, 320]
+    for fpn in (256, None):  # the fused trunk (and the FPN over it) computes what the unfused one does
+        for plain, fused in zip(out["efficientvim_m1", fpn], out["efficientvim_m1+fuse", fpn]):
+            torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)

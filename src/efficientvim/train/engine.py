@@ -159,9 +159,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_training_state(path: Path) -> dict:
-    """Read a ``last.pt`` without executing code (tensors and plain containers only)."""
+    """Read a ``last.pt`` without executing code (tensors and plain containers only). The tensors are mapped
+    from the file, not read: a look at its settings or position (``check_resume``) costs no full read."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # truncated files and foreign pickles raise many types
         raise CheckpointError(
             f"cannot resume: {path} is unreadable ({type(e).__name__}); move it away to start afresh"
@@ -406,8 +407,9 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
             train_time = time.time() - t0
             metrics = loop.evaluate()
             state.epoch, state.step = epoch + 1, 0
-            if loop.score(metrics) > state.best_score:
-                state.best_score, state.best_epoch = loop.score(metrics), epoch + 1
+            score = loop.score(metrics)
+            if score > state.best_score:
+                state.best_score, state.best_epoch = score, epoch + 1
                 if d.is_main:
                     loop.save_best(metrics, epoch + 1)
             # sums over all processes, with the stop flag: every process stops after the same epoch
