@@ -126,7 +126,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "imagenet-distill": {**_IMAGENET_300, "distillation": "hard", "mesa": 0.0},
     # small custom datasets (tens to thousands of images) trained for tens of epochs, often from scratch:
     # no RandAugment or Mixup (a few hundred steps never repay them: the digits written out as a folder
-    # reached 71% val top-1 with RandAugment and 98% without), AdamW's lr scaled by the square root of
+    # reached 71% val top-1 with RandAugment and 95-98% without), AdamW's lr scaled by the square root of
     # the batch (a folder of 80 photos at batch 16: 85% val at the linear 2.5e-4, 90-95% at 5e-4),
     # EMA warm-up
     "small": {
