@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from efficientvim import CheckpointError, EfficientViMError, create_model, save_weights
-from efficientvim.dense import create_detector, create_segmenter, evaluate, train_step
+from efficientvim.dense import create_detector, create_segmenter, evaluate, split_strides, train_step
 from efficientvim.dense.steps import collate_segmentation
 
 TINY = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4))
@@ -19,16 +19,16 @@ TWO_STAGE_SMALL = dict(  # fewer proposals keep the R-CNN tests fast
 )
 
 
-def tiny_body(out_indices, seed=0):
+def tiny_body(strides, seed=0):
     torch.manual_seed(seed)
-    return create_model("efficientvim_m1", features_only=True, out_indices=out_indices, **TINY)
+    return create_model("efficientvim_m1", features_only=True, **split_strides(strides), **TINY)
 
 
 def tiny_detector(arch, **kwargs):
-    out_indices = (0, 1, 2, 3, 4) if arch in ("fasterrcnn", "maskrcnn") else (1, 2, 3, 4)
+    strides = (4, 8, 16, 32, 64) if arch in ("fasterrcnn", "maskrcnn") else (8, 16, 32, 64)
     extra = TWO_STAGE_SMALL if arch in ("fasterrcnn", "maskrcnn") else {}
     return create_detector(
-        arch, tiny_body(out_indices), 3, fpn_channels=32, min_size=64, max_size=112, **extra, **kwargs
+        arch, tiny_body(strides), 3, fpn_channels=32, min_size=64, max_size=112, **extra, **kwargs
     )
 
 
@@ -88,18 +88,18 @@ def test_detector_reads_the_requested_pyramid_levels():
     fpn = model.backbone
     assert fpn.strides == [8, 16, 32, 64]
     features = fpn(torch.rand(1, 3, 128, 256))
-    assert list(features) == ["1", "2", "3", "4", "pool"]
+    assert list(features) == ["8", "16", "32", "64", "pool"]  # levels named by stride
     assert [f.shape[-1] for f in features.values()] == [32, 16, 8, 4, 2]
     assert all(f.shape[1] == fpn.out_channels == 32 for f in features.values())
     # the extra stride-128 level is the coarsest FPN map subsampled, not another trunk level
-    assert torch.equal(features["pool"], torch.nn.functional.max_pool2d(features["4"], 1, 2))
+    assert torch.equal(features["pool"], torch.nn.functional.max_pool2d(features["64"], 1, 2))
     # the anchors of every level sit at its own stride
     assert model.transform.size_divisible == 128
 
 
 def test_segmenter_logits_match_input_size_and_train():
     torch.manual_seed(0)
-    model = create_segmenter("semantic_fpn", tiny_body((0, 1, 2, 3, 4)), num_classes=4, fpn_channels=32, channels=16)
+    model = create_segmenter("semantic_fpn", tiny_body((4, 8, 16, 32, 64)), num_classes=4, fpn_channels=32, channels=16)
     images = torch.rand(2, 3, 70, 102)
     masks = torch.randint(0, 4, (2, 70, 102))
     masks[0, :5] = 255
@@ -120,7 +120,7 @@ def test_segmenter_logits_match_input_size_and_train():
 
 def test_segmenter_ignores_pixels_labelled_255():
     torch.manual_seed(0)
-    model = create_segmenter("semantic_fpn", tiny_body((0, 2, 3)), num_classes=3, fpn_channels=16, channels=16)
+    model = create_segmenter("semantic_fpn", tiny_body((4, 16, 32)), num_classes=3, fpn_channels=16, channels=16)
     model.train()
     model.dropout.p = 0.0
     images = torch.rand(1, 3, 64, 64)
@@ -140,7 +140,7 @@ def test_segmenter_ignores_pixels_labelled_255():
 
 def test_frozen_stages_stop_gradients_and_bn_updates():
     model = create_detector(
-        "fcos", tiny_body((1, 2, 3, 4)), 2, frozen_stages=2, fpn_channels=32, min_size=64, max_size=64
+        "fcos", tiny_body((8, 16, 32, 64)), 2, frozen_stages=2, fpn_channels=32, min_size=64, max_size=64
     )
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.patch_embed.parameters())
@@ -149,7 +149,7 @@ def test_frozen_stages_stop_gradients_and_bn_updates():
     model.train()
     assert not body.patch_embed.training and not body.stages[0].training and body.stages[1].training
     with pytest.raises(EfficientViMError, match="frozen_stages"):
-        create_detector("fcos", tiny_body((1, 2, 3, 4)), 2, frozen_stages=9)
+        create_detector("fcos", tiny_body((8, 16, 32, 64)), 2, frozen_stages=9)
 
 
 def test_classification_weights_load_into_the_detector_backbone(tmp_path):
@@ -158,7 +158,7 @@ def test_classification_weights_load_into_the_detector_backbone(tmp_path):
     for p in classifier.parameters():
         p.data.normal_()
     path = save_weights(classifier, tmp_path / "cls.safetensors")
-    model = create_detector("maskrcnn", tiny_body((0, 1, 2, 3, 4), seed=7), 2, checkpoint=path, fpn_channels=32)
+    model = create_detector("maskrcnn", tiny_body((4, 8, 16, 32, 64), seed=7), 2, checkpoint=path, fpn_channels=32)
     reference = classifier.state_dict()
     loaded = model.backbone.body.state_dict()
     assert loaded  # the trunk: stem and all three stages
@@ -170,7 +170,7 @@ def test_classification_weights_load_into_the_detector_backbone(tmp_path):
 def test_detector_by_name_loads_a_checkpoint_and_drops_unused_stages(tmp_path):
     classifier = create_model("efficientvim_m1", num_classes=3)
     path = save_weights(classifier, tmp_path / "m1.safetensors")
-    model = create_detector("fasterrcnn", "efficientvim_m1", 2, checkpoint=path, out_indices=(0, 1, 2, 3))
+    model = create_detector("fasterrcnn", "efficientvim_m1", 2, checkpoint=path, strides=(4, 8, 16, 32))
     body = model.backbone.body
     assert len(body.stages) == 2  # the stride-64 stage is not read, so it is not built
     assert torch.equal(body.stages[1].blocks[1].mixer.A, classifier.stages[1].blocks[1].mixer.A)
@@ -183,8 +183,10 @@ def test_unknown_architectures_are_refused():
         create_detector("yolo", "efficientvim_m1", 3)
     with pytest.raises(EfficientViMError, match="unknown segmenter"):
         create_segmenter("unet", "efficientvim_m1", 3)
-    with pytest.raises(EfficientViMError, match="returns levels"):
-        create_detector("fcos", tiny_body((2, 3, 4)), 3, out_indices=(1, 2, 3, 4))
+    with pytest.raises(EfficientViMError, match=r"returns strides \(16, 32, 64\), not \(8, 16, 32, 64\)"):
+        create_detector("fcos", tiny_body((16, 32, 64)), 3, strides=(8, 16, 32, 64))
+    with pytest.raises(EfficientViMError, match="strides name the pyramid levels"):
+        create_detector("fcos", "efficientvim_m1", 3, strides=(8, 12))
 
 
 def test_default_recipes_build_their_models_and_canvases():

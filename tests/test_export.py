@@ -64,7 +64,9 @@ def test_onnx_export_has_dynamic_batch_height_width_and_a_recent_opset(onnx_file
 def test_feature_extractor_exports_every_level_to_onnx(tmp_path):
     import onnxruntime as ort
 
-    model = randomize_(efficientvim.create_model("efficientvim_m1", features_only=True, out_indices=(1, 4), **TINY))
+    model = efficientvim.create_model("efficientvim_m1", features_only=True, out_indices=(2,), stem_strides=(8,),
+                                      **TINY)
+    model = randomize_(model)
     model.eval()
     export_onnx(model, tmp_path / "features.onnx", img_size=64)
     session = ort.InferenceSession(str(tmp_path / "features.onnx"), providers=["CPUExecutionProvider"])
@@ -73,6 +75,7 @@ def test_feature_extractor_exports_every_level_to_onnx(tmp_path):
         expected = [t.numpy() for t in model(x)]
     got = session.run(None, {"images": x.numpy()})
     assert [g.shape for g in got] == [e.shape for e in expected] == [(2, 16, 8, 16), (2, 64, 1, 2)]
+    assert [o.name for o in session.get_outputs()] == ["stride8", "stride64"]
     assert max(relative_error(e, g) for e, g in zip(expected, got)) < 1e-4
 
 

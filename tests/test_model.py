@@ -60,7 +60,7 @@ def test_distilled_returns_both_logits_only_when_told_and_their_mean_otherwise(t
     model.eval()
     with torch.no_grad():
         features = model.forward_features(x)
-        pooled = [n(f).flatten(2).mean(-1) for n, f in zip(model.norm, features)]
+        pooled = [f.mean(-1) for f in features]
         z_eval, z_dist_eval = model._logits(pooled), model._logits_dist(pooled)
         torch.testing.assert_close(model(x), (z_eval + z_dist_eval) / 2)
 
@@ -84,8 +84,14 @@ def test_forward_head_of_forward_features_is_forward():
         torch.testing.assert_close(model.forward_head(features), model(x))
         pre = model.forward_head(features, pre_logits=True)
     assert pre.shape == (2, model.num_features) and model.num_features == 32 + 48 + 64 + 64
-    # the last slice is the pooled, normalised final map
-    torch.testing.assert_close(pre[:, -64:], model.norm[3](features[3]).mean((2, 3)))
+    # (B, C, N): normalised hidden states (N = state_dim) and the normalised final 1x2 map, flattened
+    assert [tuple(f.shape) for f in features] == [(2, 32, 8), (2, 48, 6), (2, 64, 4), (2, 64, 1 * 2)]
+    torch.testing.assert_close(pre[:, -64:], features[3].mean(-1))
+    # without pooling (timm's global_pool=""), forward returns the features themselves
+    model.reset_classifier(0, global_pool="")
+    with torch.no_grad():
+        for got, want in zip(model(x), features):
+            torch.testing.assert_close(got, want)
 
 
 def test_forward_intermediates_are_the_stage_maps_at_strides_16_32_64():
@@ -100,7 +106,35 @@ def test_forward_intermediates_are_the_stage_maps_at_strides_16_32_64():
     torch.testing.assert_close(last_two[0], maps[1])
     with torch.no_grad():
         normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)
-    torch.testing.assert_close(normed[0], model.norm[3](maps[2]))
+    torch.testing.assert_close(normed[0], model.norm[2](maps[2]))  # stage i's map through the head's norm i
+
+
+@pytest.mark.parametrize("name", ["efficientvim_m1", "efficientvim_m1_dist"])
+def test_forward_intermediates_and_pruning_equal_timms_on_the_same_weights(name, timm_reference):
+    import copy
+
+    reference = timm_reference(name, **TINY)
+    model = ev.create_model(name, **TINY).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 128, 160)
+    calls = [dict(), dict(indices=1), dict(indices=[0, -1], norm=True), dict(indices=[1], stop_early=True),
+             dict(indices=[0], stop_early=True, norm=True), dict(indices=2, intermediates_only=True)]
+    with torch.no_grad():
+        for ours, theirs in zip(model.forward_features(x), reference.forward_features(x)):
+            assert relative_error(theirs, ours) <= 1e-5
+        for kwargs in calls:
+            got, want = model.forward_intermediates(x, **kwargs), reference.forward_intermediates(x, **kwargs)
+            got, want = (got, want) if kwargs.get("intermediates_only") else (got[0] + got[1], want[0] + want[1])
+            assert len(got) == len(want), kwargs
+            for g, w in zip(got, want):
+                assert g.shape == w.shape and relative_error(w, g) <= 1e-5, kwargs
+        for kwargs in [dict(indices=[1]), dict(indices=[0], prune_norm=True), dict(indices=[2], prune_head=False)]:
+            ours, theirs = copy.deepcopy(model), copy.deepcopy(reference)
+            assert ours.prune_intermediate_layers(**kwargs) == theirs.prune_intermediate_layers(**kwargs)
+            assert len(ours.stages) == len(theirs.stages) and ours.num_features == theirs.num_features
+            assert relative_error(theirs(x), ours(x)) <= 1e-5, kwargs
+    with pytest.raises(ValueError, match="prune_head=True"):
+        model.prune_intermediate_layers([0], prune_head=False)
 
 
 def test_features_only_returns_stage_maps_with_feature_info(tmp_path):
@@ -119,12 +153,30 @@ def test_features_only_returns_stage_maps_with_feature_info(tmp_path):
         torch.testing.assert_close(got, want)
 
 
-def test_features_only_offers_the_stems_stride_4_and_8_levels():
-    backbone = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=(0, 1, 2))
-    assert backbone.feature_info.reduction() == [4, 8, 16]
+def test_features_only_numbers_stages_as_timm_and_adds_the_stems_levels_on_request(timm_reference):
+    backbone = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=(0,), stem_strides=(4, 8))
+    assert backbone.out_indices == (0,) and backbone.feature_info.reduction() == [4, 8, 16]
     assert len(backbone.stages) == 1  # deeper stages are not built when not asked for
     maps = backbone(torch.randn(1, 3, 64, 96))
     assert [tuple(m.shape[1:]) for m in maps] == [(8, 16, 24), (16, 8, 12), (32, 4, 6)]
+    # the same out_indices give the same maps as timm's port (its features_only reads forward_intermediates)
+    import timm
+
+    reference = timm_reference("efficientvim_m1", **TINY)
+    x = torch.randn(1, 3, 96, 128)
+    for out_indices in [(0, 1, 2), (1,), (-1,), (0, 2)]:
+        ours = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=out_indices).eval()
+        assert ours.load_state_dict(reference.state_dict(), strict=False).missing_keys == []
+        theirs = timm.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=out_indices)
+        assert ours.feature_info.channels() == theirs.feature_info.channels()
+        assert ours.feature_info.reduction() == theirs.feature_info.reduction()
+        with torch.no_grad():
+            want = reference.forward_intermediates(x, indices=list(out_indices), intermediates_only=True)
+            for g, w in zip(ours(x), want, strict=True):
+                torch.testing.assert_close(g, w)
+    for bad in [dict(out_indices=(3,)), dict(stem_strides=(2,)), dict(out_indices=())]:
+        with pytest.raises(ValueError):
+            ev.create_model("efficientvim_m1", **TINY, features_only=True, **bad)
 
 
 def test_reset_classifier_replaces_all_heads_including_distilled():
@@ -269,7 +321,8 @@ def test_torchscript_scripting_and_fx_tracing_match_eager(name, tmp_path):
     from torch.fx import symbolic_trace
 
     if name == "features":
-        model = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=(0, 2, 4)).eval()
+        model = ev.create_model("efficientvim_m1", **TINY, features_only=True, out_indices=(0, 2), stem_strides=(4,))
+        model.eval()
     else:
         model = ev.create_model(name, **TINY).eval()
     x = torch.randn(2, 3, 64, 96)

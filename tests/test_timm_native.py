@@ -7,23 +7,26 @@ import timm
 import torch
 
 import efficientvim
-import efficientvim.timm_registry  # noqa: F401 (registers ev_efficientvim_* in timm)
+import efficientvim.timm_registry  # noqa: F401 (registers efficientvim_*_ev in timm)
 
 TINY = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4))
 
 
 def test_every_model_is_registered_beside_timms_own_with_its_pretrained_tags():
     ours = efficientvim.list_models()
-    assert timm.list_models("ev_*") == [f"ev_{n}" for n in ours]
+    assert timm.list_models("*_ev") == sorted(f"{n}_ev" for n in ours)
     assert set(timm.list_models("efficientvim_*")) >= set(ours)  # timm's port keeps its names
-    assert set(timm.list_pretrained("ev_*")) == {f"ev_{n}" for n in efficientvim.list_models(pretrained=True)}
+    # filed in the same family (module) as timm's port, so tools that select the family select ours
+    assert set(timm.list_models(module="efficientvim")) == {*ours, *(f"{n}_ev" for n in ours)}
+    pretrained = {n.replace(".", "_ev.") for n in efficientvim.list_models(pretrained=True)}
+    assert set(timm.list_pretrained("*_ev.*")) == pretrained
 
 
 def test_timm_create_model_builds_our_model_with_timms_arguments():
-    model = timm.create_model("ev_efficientvim_m1_dist", num_classes=10, drop_path_rate=0.1, **TINY)
+    model = timm.create_model("efficientvim_m1_dist_ev", num_classes=10, drop_path_rate=0.1, **TINY)
     assert isinstance(model, efficientvim.EfficientViM) and model.num_classes == 10 and model.distilled
     assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 224, 224)
-    features = timm.create_model("ev_efficientvim_m4", features_only=True, out_indices=(2, 4), **TINY)
+    features = timm.create_model("efficientvim_m4_ev", features_only=True, out_indices=(0, 2), **TINY)
     maps = features(torch.randn(1, 3, 128, 128))
     assert [tuple(m.shape) for m in maps] == [(1, 32, 8, 8), (1, 64, 2, 2)]
 
@@ -39,12 +42,12 @@ def test_a_pretrained_tag_reaches_our_loader(monkeypatch, tmp_path):
         return str(path)
 
     monkeypatch.setattr(efficientvim.registry, "download_pretrained", fake_download)
-    model = timm.create_model("ev_efficientvim_m2.e300_in1k", pretrained=True)
+    model = timm.create_model("efficientvim_m2_ev.e300_in1k", pretrained=True)
     assert asked == [("efficientvim_m2", "e300_in1k")]
     assert torch.equal(model.heads[0].weight, source.heads[0].weight)
 
 
-@pytest.mark.parametrize("name", ["ev_efficientvim_m1", "ev_efficientvim_m2_dist"])
+@pytest.mark.parametrize("name", ["efficientvim_m1_ev", "efficientvim_m2_dist_ev"])
 def test_timms_reparameterize_model_leaves_no_batchnorm(name):
     from timm.utils.model import reparameterize_model
 

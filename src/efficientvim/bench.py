@@ -40,7 +40,7 @@ RUNTIMES = ("eager", "compile", "onnxruntime")
 # latency protocol (512 x 512, batch 32)
 TASKS = ("classification", "dense")
 DENSE_RESOLUTION = 512
-DENSE_LEVELS = (1, 2, 3, 4)  # strides 8-64: the stem's stride-8 map and the three stages'
+DENSE_LEVELS = dict(stem_strides=(8,), out_indices=(0, 1, 2))  # strides 8-64: the stem's stride-8 map and the stages'
 DENSE_FPN_CHANNELS = 256
 FUSE_SUFFIX = "+fuse"
 TIMM_PREFIX = "timm:"
@@ -136,7 +136,7 @@ def build_model(
     """An eval-mode model for a benchmark name, weights random (speed does not depend on them); for the
     dense task the trunk's levels ``DENSE_LEVELS`` (timm: all its feature levels) and an FPN."""
     _check_name(name)
-    dense = dict(features_only=True, out_indices=DENSE_LEVELS) if task == "dense" else {}
+    dense = dict(features_only=True, **DENSE_LEVELS) if task == "dense" else {}
     if name.startswith(TIMM_PREFIX):
         import timm
         from timm.utils.model import reparameterize_model

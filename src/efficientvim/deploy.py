@@ -51,7 +51,7 @@ from .kernels import (
     packed_conv2d,
     packed_linear,
 )
-from .layers import ConvNorm, PatchMerging, Stem
+from .layers import ChannelLayerNorm, ConvNorm, PatchMerging, Stem
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, EfficientViMStage, _check_input
 
 # Channel count oneDNN and ONNX Runtime's NCHWc kernels block by (AVX-512: 16 floats); B/C/dt are padded to it.
@@ -429,7 +429,7 @@ class FusedEfficientViMFeatures(_FusedTrunk):
 
     def __init__(self, model: EfficientViMFeatures, dtype: torch.dtype, channels_first: bool = False) -> None:
         super().__init__(model, dtype, channels_first)
-        self.out_indices = model.out_indices
+        self.out_indices, self.stem_strides, self.level_index = model.out_indices, model.stem_strides, model.level_index
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         _check_input(x, self.in_chans, self.total_stride)
@@ -441,8 +441,8 @@ class FusedEfficientViMFeatures(_FusedTrunk):
             if stage.downsample is not None:
                 x = stage.downsample(x)
         if self.channels_first:
-            return [maps[i] for i in self.out_indices]
-        return [maps[i].permute(0, 3, 1, 2) for i in self.out_indices]
+            return [maps[i] for i in self.level_index]
+        return [maps[i].permute(0, 3, 1, 2) for i in self.level_index]
 
 
 LAYOUTS = ("channels_last", "channels_first")
@@ -469,6 +469,11 @@ def fuse(
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if any(isinstance(m, ConvNorm) and not isinstance(m.norm, nn.BatchNorm2d) for m in model.modules()):
         raise ValueError("this model's BatchNorms are already folded (timm's reparameterize_model): fuse the original")
+    if isinstance(model, EfficientViM) and (
+        not model.global_pool or not all(isinstance(n, ChannelLayerNorm) for n in model.norm)
+    ):
+        raise ValueError("fuse() folds the MSF head, which this model has pruned or turned off (global_pool=''): "
+                         "fuse a model with its head, or create_model(..., features_only=True) for maps")
     param = next(model.parameters())
     if isinstance(model, EfficientViM):
         fused = FusedEfficientViM(model, param.dtype, layout == "channels_first")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from .deploy import FusedEfficientViM, FusedEfficientViMFeatures, fuse
@@ -87,9 +88,10 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def _output_names(graph: nn.Module) -> list[str]:
-    if isinstance(graph, FusedEfficientViMFeatures):
-        return [f"level{i}" for i in graph.out_indices]
-    if hasattr(graph, "out_indices"):  # an unfused feature extractor, or timm's
+    info = getattr(graph, "feature_info", None)
+    if isinstance(info, FeatureInfo):  # a feature extractor (ours fused or not, or timm's): maps by stride
+        return [f"stride{r}" for r in info.reduction()]
+    if hasattr(graph, "out_indices"):  # a pyramid over one: its levels in order
         return [f"level{i}" for i in range(len(graph.out_indices))]
     return ["logits"]
 
@@ -99,7 +101,7 @@ def write_onnx(graph: nn.Module, path: str | os.PathLike, size: tuple[int, int] 
     """Trace ``graph`` (a model taking NCHW images) to ONNX with dynamic batch, height and width, unchecked.
 
     The one ONNX writer: :func:`export_onnx` adds metadata and verification on top, the benchmark
-    times the file as written. Outputs are ``logits`` or, for a feature extractor, ``level{i}``.
+    times the file as written. Outputs are ``logits`` or, for a feature extractor, ``stride{r}`` per map.
     """
     names = _output_names(graph)
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from timm.layers import DropPath, trunc_normal_
 from timm.models import FeatureInfo
+from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -20,7 +21,8 @@ from .layers import FFN, ChannelLayerNorm, DepthwiseConvNorm, PatchMerging, Stem
 STEM_STRIDE = 16
 torch.fx.wrap("_check_input")  # symbolic tracing records the input check as one call instead of its branches
 # logits, or (z, z_dist) from a distilled model in training mode
-Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# (or forward_features' list when the model was built with global_pool="")
+Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[torch.Tensor]
 
 
 class EfficientViMBlock(nn.Module):
@@ -228,9 +230,12 @@ class EfficientViM(_Trunk):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         distilled: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
+        _check_global_pool(global_pool)
         self.num_classes = num_classes
+        self.global_pool = global_pool
         self.distilled = distilled
         self.distilled_training = False
         self.feature_info = self.stage_info()
@@ -238,10 +243,11 @@ class EfficientViM(_Trunk):
         self.num_features = self.head_hidden_size = sum(head_dims)
         self.norm = nn.ModuleList(ChannelLayerNorm(d) for d in head_dims)
         self.head_drop = nn.Dropout(drop_rate)
-        self.weights = nn.Parameter(torch.ones(len(head_dims)))  # w, the MSF fusion logits
+        # w, the MSF fusion logits (nothing to fuse without heads)
+        self.weights = nn.Parameter(torch.ones(len(head_dims)), requires_grad=num_classes > 0)
         self.heads = self._make_heads(num_classes)
         if distilled:
-            self.weights_dist = nn.Parameter(torch.ones(len(head_dims)))
+            self.weights_dist = nn.Parameter(torch.ones(len(head_dims)), requires_grad=num_classes > 0)
             self.heads_dist = self._make_heads(num_classes)
         self.apply(self._init_weights)
 
@@ -265,8 +271,11 @@ class EfficientViM(_Trunk):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace all four MSF heads (and the distilled ones) with fresh heads for ``num_classes``, on the
-        model's device and dtype. ``global_pool``: the MSF head averages (``"avg"``); nothing else exists."""
+        model's device and dtype. ``global_pool``: ``"avg"`` (the MSF head's mean over tokens) or ``""``
+        (no pooling, no heads: ``forward`` returns ``forward_features``); None keeps the current one."""
         _check_global_pool(global_pool)
+        if global_pool is not None:
+            self.global_pool = global_pool
         self.num_classes = num_classes
         heads = [("heads", "weights")] + ([("heads_dist", "weights_dist")] if self.distilled else [])
         for head_name, weight_name in heads:
@@ -274,24 +283,30 @@ class EfficientViM(_Trunk):
             new.apply(self._init_weights)
             new.train(self.training)
             setattr(self, head_name, new)
-            nn.init.ones_(getattr(self, weight_name))
+            weights = getattr(self, weight_name)
+            nn.init.ones_(weights)
+            weights.requires_grad_(num_classes > 0)  # no heads, nothing to fuse: not a trainable parameter
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Run the trunk; return the MSF head's inputs: hidden states h_0..h_2 (B, C_i, N_i) and the final map."""
+        """Run the trunk; return the MSF head's normalised inputs as (B, C_i, N_i) tensors: LN(h_0)..LN(h_2)
+        and the final map LN(x) flattened (N = H * W)."""
         _check_input(x, self.in_chans, self.total_stride)
         x = self.patch_embed(x)
-        states = []
-        for stage in self.stages:
+        features = []
+        for stage, norm in zip(self.stages, self.norm):
             _, x, h = stage(x)
-            states.append(h)
-        states.append(x)
-        return states
+            features.append(norm(h))
+        features.append(self.norm[-1](x).flatten(2))
+        return features
 
     def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> Logits:
-        """MSF head on ``forward_features`` output: logits, or the pooled features (B, num_features)."""
+        """MSF head on ``forward_features`` output: logits, or the pooled features (B, num_features);
+        with ``global_pool=""`` the features unchanged."""
+        if not self.global_pool:
+            return features
         pooled: list[torch.Tensor] = []
-        for i, norm in enumerate(self.norm):
-            pooled.append(self.head_drop(norm(features[i]).flatten(2).mean(-1)))
+        for f in features:
+            pooled.append(self.head_drop(f.mean(-1)))
         if pre_logits or self.num_classes == 0:
             return torch.cat(pooled, dim=1)
         z = self._logits(pooled)
@@ -326,59 +341,94 @@ class EfficientViM(_Trunk):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
+        indices: int | list[int] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """timm-style: stage output maps (before downsampling) at ``indices``, plus the head inputs.
+        """timm's contract: the stage output maps (before downsampling, strides 16, 32, 64) at ``indices``
+        (an int n: the last n stages; a list: those stages, negative from the end; None: all), and unless
+        ``intermediates_only`` also what ``forward_features`` returns.
 
-        ``indices`` as an int takes the last n stages; a sequence selects stages. The only map norm
-        of EfficientViM is the head's LayerNorm of the final map: ``norm=True`` applies it to the
-        last stage's map.
+        ``norm=True`` passes stage i's map through the head's LayerNorm i (the one of h_i), as timm's
+        port does. ``stop_early`` runs no stage past the last one asked for; the final feature is then
+        that stage's map, not normalised.
         """
         if output_fmt != "NCHW":
-            raise ValueError("EfficientViM intermediates are NCHW only")
-        take = _take_indices(self.num_stages, indices)
+            raise ValueError(f"EfficientViM intermediates are NCHW only, not {output_fmt!r}")
+        take, last = feature_take_indices(len(self.stages), indices)
         _check_input(x, self.in_chans, self.total_stride)
         x = self.patch_embed(x)
-        intermediates, states = [], []
-        last = max(take) if (stop_early and intermediates_only) else self.num_stages - 1
-        for i, stage in enumerate(self.stages[: last + 1]):
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: last + 1]
+        intermediates, features = [], []
+        out = x
+        for i, (stage, stage_norm) in enumerate(zip(stages, self.norm)):
             out, x, h = stage(x)
-            states.append(h)
             if i in take:
-                last_stage = i == self.num_stages - 1
-                intermediates.append(self.norm[-1](out) if norm and last_stage else out)
+                intermediates.append(stage_norm(out) if norm else out)
+            if not intermediates_only:
+                features.append(stage_norm(h))
         if intermediates_only:
             return intermediates
-        return [*states, x], intermediates
+        ran_all = torch.jit.is_scripting() or not stop_early or last == len(self.stages) - 1
+        features.append(self.norm[-1](x).flatten(2) if ran_all else out.flatten(2))
+        return features, intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what ``forward_intermediates(indices=...)`` does not need, in place (timm's contract): the
+        stages past the last index (the MSF head then fuses the kept stages' states and the last kept
+        map), with ``prune_head`` the classifier (and the norms no kept map uses), with ``prune_norm``
+        every norm. Returns the stage indices to pass to ``forward_intermediates``."""
+        take, last = feature_take_indices(len(self.stages), indices)
+        keep = last + 1
+        if keep < len(self.stages):
+            if not prune_head:
+                raise ValueError("the MSF head reads every stage: pruning stages needs prune_head=True")
+            self.stages = self.stages[:keep]
+            self.stages[-1].downsample = None
+            self.embed_dim, self.depths = self.embed_dim[:keep], self.depths[:keep]
+            self.state_dim = self.state_dim[:keep]
+            self.num_stages = keep
+            self.feature_info = self.feature_info[:keep]
+            self.total_stride = STEM_STRIDE * 2 ** (keep - 1)
+            self.norm = nn.ModuleList([*self.norm[:keep], nn.Identity()])
+            for name in ("weights", "weights_dist"):
+                if hasattr(self, name):
+                    w = getattr(self, name)
+                    setattr(self, name, nn.Parameter(torch.cat([w[:keep], w[-1:]]).detach()))
+            self.num_features = self.head_hidden_size = sum(self.embed_dim) + self.embed_dim[-1]
+        if prune_norm:
+            self.norm = nn.ModuleList(nn.Identity() for _ in self.norm)
+        elif prune_head:
+            self.norm = nn.ModuleList(n if i in take else nn.Identity() for i, n in enumerate(self.norm))
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
 
 def _check_global_pool(global_pool: str | None) -> None:
     if global_pool not in (None, "", "avg"):
-        raise ValueError(f"EfficientViM's MSF head pools by averaging: global_pool must be 'avg', not {global_pool!r}")
+        raise ValueError(
+            f"EfficientViM's MSF head pools by averaging: global_pool must be 'avg' (or '' for none), "
+            f"not {global_pool!r}"
+        )
 
 
-def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[int]:
-    if indices is None:
-        return list(range(num_stages))
-    if isinstance(indices, int):
-        if not 0 < indices <= num_stages:
-            raise ValueError(f"can take the last 1..{num_stages} stages, not {indices}")
-        return list(range(num_stages - indices, num_stages))
-    if any(not -num_stages <= i < num_stages for i in indices):
-        raise ValueError(f"stage indices must lie in [-{num_stages}, {num_stages}), got {list(indices)}")
-    return [i % num_stages for i in indices]
+STEM_STRIDES = (4, 8)  # the stem's intermediate maps a feature extractor can add to the stage maps
 
 
 class EfficientViMFeatures(_Trunk):
     """The EfficientViM trunk as a feature extractor returning a list of NCHW maps.
 
-    Levels, selectable with ``out_indices``: 0 and 1 are the stem's stride-4 and stride-8 maps
-    (dim/4 and dim/2 channels), 2, 3, 4 the three stage outputs (strides 16, 32, 64).
-    The default returns the three stage maps.
+    ``out_indices`` numbers the stage outputs as timm does: 0, 1, 2 at strides 16, 32, 64 (negative
+    from the end), so the same ``out_indices`` give the same maps here and in timm. ``stem_strides``
+    adds the stem's finer maps, stride 4 (dim/4 channels) and/or 8 (dim/2), in front of them, for
+    dense heads; ``feature_info`` describes the returned maps in order. Stages past the deepest
+    index asked for are not built.
     """
 
     def __init__(
@@ -390,24 +440,35 @@ class EfficientViMFeatures(_Trunk):
         mlp_ratio: float = 4.0,
         ssd_expand: float = 1.0,
         drop_path_rate: float = 0.0,
-        out_indices: Sequence[int] = (2, 3, 4),
+        out_indices: Sequence[int] = (0, 1, 2),
+        stem_strides: Sequence[int] = (),
     ) -> None:
         super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
+        n = self.num_stages
+        if any(not -n <= i < n for i in out_indices):
+            raise ValueError(f"out_indices number the {n} stages: each must lie in [-{n}, {n}), "
+                             f"got {tuple(out_indices)}")
+        if any(s not in STEM_STRIDES for s in stem_strides):
+            raise ValueError(f"stem_strides may hold {STEM_STRIDES} (the stem's maps), got {tuple(stem_strides)}")
+        self.out_indices = tuple(sorted({i % n for i in out_indices}))
+        self.stem_strides = tuple(sorted(set(stem_strides)))
+        if not self.out_indices and not self.stem_strides:
+            raise ValueError("nothing to return: give out_indices (stages) and/or stem_strides")
         levels = [
             dict(num_chs=embed_dim[0] // 4, reduction=4, module="patch_embed.conv.1"),
             dict(num_chs=embed_dim[0] // 2, reduction=8, module="patch_embed.conv.2"),
             *self.stage_info(),
         ]
-        n = len(levels)
-        self.out_indices = tuple(sorted({i % n for i in out_indices}))
-        if any(not -n <= i < n for i in out_indices) or not self.out_indices:
-            raise ValueError(f"out_indices must be in [-{n}, {n}), got {tuple(out_indices)}")
-        self.feature_info = FeatureInfo(levels, self.out_indices)
+        # positions in the list of all five maps (stride 4, stride 8, stages 0-2) that forward returns
+        self.level_index = tuple(STEM_STRIDES.index(s) for s in self.stem_strides) + tuple(
+            len(STEM_STRIDES) + i for i in self.out_indices
+        )
+        self.feature_info = FeatureInfo(levels, self.level_index)
         # stages past the deepest requested level are never run: drop them (and their weights)
-        self.stages = self.stages[: max(max(self.out_indices) - 1, 0)]
+        self.stages = self.stages[: max(self.out_indices) + 1 if self.out_indices else 0]
         if len(self.stages):
             self.stages[-1].downsample = None
-        self.total_stride = levels[max(self.out_indices)]["reduction"]
+        self.total_stride = levels[max(self.level_index)]["reduction"]
         self.apply(self._init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -417,4 +478,4 @@ class EfficientViMFeatures(_Trunk):
         for stage in self.stages:
             out, x, _ = stage(x)
             maps.append(out)
-        return [maps[i] for i in self.out_indices]
+        return [maps[i] for i in self.level_index]

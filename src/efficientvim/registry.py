@@ -142,7 +142,8 @@ def create_model(
         in_chans: input channels; the first conv of loaded weights is adapted.
         drop_path_rate: stochastic depth, ramped linearly over all blocks.
         features_only: return an :class:`EfficientViMFeatures` returning stage maps
-            (``out_indices`` selects levels; 0 and 1 are the stem's stride-4/8 maps).
+            (``out_indices`` selects stages as timm numbers them, 0-2 at strides 16-64;
+            ``stem_strides=(4, 8)`` adds the stem's finer maps).
         **overrides: other constructor arguments (``mlp_ratio``, ``drop_rate``, ``out_indices``...).
     """
     base, tag = _resolve_name(name)
@@ -201,7 +202,10 @@ def _check_timm_arguments(overrides: dict, features_only: bool) -> None:
     refuse the others clearly (a TypeError deep in a constructor otherwise)."""
     from .model import _check_global_pool
 
-    _check_global_pool(overrides.pop("global_pool", None))
+    global_pool = overrides.pop("global_pool", None)
+    _check_global_pool(global_pool)
+    if global_pool is not None and not features_only:
+        overrides["global_pool"] = global_pool
     output_stride = overrides.pop("output_stride", None)
     if output_stride not in (None, 64):
         raise ValueError(f"EfficientViM has a fixed output stride of 64 (no dilation): output_stride={output_stride} "

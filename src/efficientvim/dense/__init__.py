@@ -5,7 +5,7 @@ detector = create_detector("maskrcnn", "efficientvim_m4", num_classes=80, checkp
 segmenter = create_segmenter("semantic_fpn", "efficientvim_m4", num_classes=150)
 """
 
-from .backbone import EfficientViMFPN, build_backbone
+from .backbone import LEVEL_STRIDES, EfficientViMFPN, build_backbone, split_strides
 from .data import CocoDetection, DigitCanvases, SegmentationFolder
 from .detection import create_detector
 from .recipe import DEFAULT_RECIPES, RECIPES, DenseRecipe, build_canvases, build_model, default_recipe, named_recipe
@@ -26,6 +26,8 @@ __all__ = [
     "SegmentationFolder",
     "SemanticFPN",
     "build_backbone",
+    "split_strides",
+    "LEVEL_STRIDES",
     "collate_detection",
     "collate_segmentation",
     "create_detector",

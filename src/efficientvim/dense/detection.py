@@ -24,8 +24,8 @@ from .backbone import EfficientViMFPN, build_backbone
 ARCHS = ("retinanet", "fcos", "fasterrcnn", "maskrcnn")
 # Single-stage heads read strides 8-64 plus a max-pooled stride-128 level (the P3-P7 span of
 # RetinaNet/FCOS); two-stage models read strides 4-64 (the P2-P6 span), RoIs pooled from 4-32.
-DEFAULT_OUT_INDICES = {"retinanet": (1, 2, 3, 4), "fcos": (1, 2, 3, 4), "fasterrcnn": (0, 1, 2, 3, 4)}
-DEFAULT_OUT_INDICES["maskrcnn"] = DEFAULT_OUT_INDICES["fasterrcnn"]
+DEFAULT_STRIDES = {"retinanet": (8, 16, 32, 64), "fcos": (8, 16, 32, 64), "fasterrcnn": (4, 8, 16, 32, 64)}
+DEFAULT_STRIDES["maskrcnn"] = DEFAULT_STRIDES["fasterrcnn"]
 
 
 def create_detector(
@@ -34,7 +34,7 @@ def create_detector(
     num_classes: int,
     checkpoint: str | os.PathLike | None = None,
     frozen_stages: int = 0,
-    out_indices: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
     fpn_channels: int = 256,
     min_size: int | Sequence[int] = 800,
     max_size: int = 1333,
@@ -49,8 +49,8 @@ def create_detector(
         checkpoint: ImageNet-style classification weights (authors' .pth, timm, ``save_weights``);
             the classifier heads are dropped.
         frozen_stages: 0 trains everything; k freezes the stem and the first k - 1 stages.
-        out_indices: pyramid levels of the trunk (0, 1: stem strides 4, 8; 2-4: stages, strides
-            16-64); default per ``arch`` in ``DEFAULT_OUT_INDICES``.
+        strides: the trunk's maps the pyramid reads, by stride (4 and 8: the stem's; 16, 32, 64: the
+            stages'); default per ``arch`` in ``DEFAULT_STRIDES``.
         fpn_channels: width of the FPN and of the heads.
         min_size, max_size: torchvision's resize of the shorter / longer image side.
         **kwargs: further arguments of the torchvision model (``score_thresh``, ``detections_per_img`` ...).
@@ -62,11 +62,11 @@ def create_detector(
         raise EfficientViMError(f"unknown detector {arch!r}: choose one of {', '.join(ARCHS)}")
     if num_classes < 1:
         raise EfficientViMError(f"num_classes counts object classes and must be at least 1, got {num_classes}")
-    if out_indices is None and not isinstance(backbone, EfficientViMFeatures):
-        out_indices = DEFAULT_OUT_INDICES[arch]
+    if strides is None and not isinstance(backbone, EfficientViMFeatures):
+        strides = DEFAULT_STRIDES[arch]
     two_stage = arch in ("fasterrcnn", "maskrcnn")
     extra = None if two_stage else LastLevelMaxPool()
-    fpn = build_backbone(backbone, out_indices, fpn_channels, extra, checkpoint, frozen_stages)
+    fpn = build_backbone(backbone, strides, fpn_channels, extra, checkpoint, frozen_stages)
     strides = fpn.strides + ([] if two_stage else [2 * fpn.strides[-1]])
     cfg = getattr(fpn.body, "pretrained_cfg", None) or {}
     common = dict(

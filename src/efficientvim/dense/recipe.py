@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import EfficientViMError
+from .backbone import split_strides
 from .data import TASKS, DigitCanvases
 from .detection import create_detector
 from .segmentation import create_segmenter
@@ -25,7 +26,7 @@ class DenseRecipe:
     task: str
     arch: str
     backbone: str = "efficientvim_m1"
-    out_indices: tuple[int, ...] = (1, 2, 3, 4)
+    strides: tuple[int, ...] = (8, 16, 32, 64)  # the trunk's maps the pyramid reads
     fpn_channels: int = 64
     overrides: dict = field(default_factory=dict)  # create_model arguments (widths, depths, states)
     canvas_size: tuple[int, int] = (128, 128)
@@ -50,6 +51,9 @@ class DenseRecipe:
     def from_dict(cls, values: dict) -> DenseRecipe:
         """The inverse of ``to_dict`` after a round trip through JSON (lists back to tuples)."""
         tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+        values = dict(values)
+        if "out_indices" in values:  # written before levels were named by stride: index i read stride 4 * 2**i
+            values["strides"] = [4 * 2**i for i in values.pop("out_indices")]
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
 
 
@@ -60,7 +64,7 @@ DEFAULT_RECIPES = {
     "segmentation": DenseRecipe(
         task="segmentation",
         arch="semantic_fpn",
-        out_indices=(0, 1, 2, 3, 4),
+        strides=(4, 8, 16, 32, 64),
         overrides={"embed_dim": (64, 128, 192)},
         train_canvases=3200,
         model_kwargs={"channels": 64, "class_weight": (0.25,) + (1.0,) * 10},
@@ -115,7 +119,7 @@ def build_model(
     torch.manual_seed(recipe.seed)
 
     body = create_model(
-        recipe.backbone, checkpoint=checkpoint, features_only=True, out_indices=recipe.out_indices, **recipe.overrides
+        recipe.backbone, checkpoint=checkpoint, features_only=True, **split_strides(recipe.strides), **recipe.overrides
     )
     if recipe.task == "detection":
         height, width = image_size or recipe.canvas_size

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import EfficientViMError
 from ..model import EfficientViMFeatures
-from .backbone import EfficientViMFPN, build_backbone
+from .backbone import LEVEL_STRIDES, EfficientViMFPN, build_backbone
 
 ARCHS = ("semantic_fpn",)
 IGNORE_INDEX = 255
@@ -90,7 +90,7 @@ def create_segmenter(
     num_classes: int,
     checkpoint: str | os.PathLike | None = None,
     frozen_stages: int = 0,
-    out_indices: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
     fpn_channels: int = 256,
     channels: int = 128,
     class_weight: Sequence[float] | None = None,
@@ -103,7 +103,7 @@ def create_segmenter(
         num_classes: classes of the label maps, background included when it is a class.
         checkpoint: classification weights for the trunk (heads dropped), any format the core reads.
         frozen_stages: 0 trains everything; k freezes the stem and the first k - 1 stages.
-        out_indices: pyramid levels read (default all five, strides 4 to 64).
+        strides: the trunk's maps read, by stride (default all five: 4, 8, 16, 32, 64).
         fpn_channels, channels: widths of the FPN and of the per-level heads.
         class_weight: per-class cross-entropy weights (e.g. to lift rare classes above the background).
     """
@@ -111,7 +111,7 @@ def create_segmenter(
         raise EfficientViMError(f"unknown segmenter {arch!r}: choose one of {', '.join(ARCHS)}")
     if num_classes < 2:
         raise EfficientViMError(f"a segmenter needs at least 2 classes, got {num_classes}")
-    if out_indices is None and not isinstance(backbone, EfficientViMFeatures):
-        out_indices = (0, 1, 2, 3, 4)
-    fpn = build_backbone(backbone, out_indices, fpn_channels, None, checkpoint, frozen_stages)
+    if strides is None and not isinstance(backbone, EfficientViMFeatures):
+        strides = LEVEL_STRIDES
+    fpn = build_backbone(backbone, strides, fpn_channels, None, checkpoint, frozen_stages)
     return SemanticFPN(fpn, num_classes, channels, class_weight)

@@ -76,7 +76,7 @@ class DenseTrainConfig:
 def dense_recipe(cfg: DenseTrainConfig):
     """The task's default recipe with the run's changes applied."""
     from ..dense import default_recipe, named_recipe
-    from ..dense.detection import DEFAULT_OUT_INDICES
+    from ..dense.detection import DEFAULT_STRIDES
 
     recipe = default_recipe(cfg.task, seed=cfg.seed)
     if cfg.recipe is not None:
@@ -93,10 +93,10 @@ def dense_recipe(cfg: DenseTrainConfig):
         raise EfficientViMError(f"--img-size must be at least 64 (the network's total stride), got {cfg.img_size}")
     changes: dict = {}
     if cfg.arch and cfg.arch != recipe.arch:
-        valid = tuple(DEFAULT_OUT_INDICES) if cfg.task == "detection" else ("semantic_fpn",)
+        valid = tuple(DEFAULT_STRIDES) if cfg.task == "detection" else ("semantic_fpn",)
         if cfg.arch not in valid:
             raise EfficientViMError(f"--arch {cfg.arch} does not do {cfg.task}: choose one of {', '.join(valid)}")
-        changes.update(arch=cfg.arch, out_indices=DEFAULT_OUT_INDICES[cfg.arch])
+        changes.update(arch=cfg.arch, strides=DEFAULT_STRIDES[cfg.arch])
     overrides = dict(recipe.overrides)
     if cfg.model:
         changes["backbone"] = cfg.model

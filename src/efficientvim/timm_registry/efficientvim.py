@@ -1,10 +1,14 @@
-"""This package's models in timm's registry, next to timm's own port:
+"""This package's models in timm's registry, in the same family as timm's own port:
 
     import efficientvim.timm_registry      # one line, then anywhere that builds models through timm:
-    timm.create_model("ev_efficientvim_m2", num_classes=10)
-    timm.create_model("ev_efficientvim_m2.e450_in1k", pretrained=True, features_only=True)
+    timm.create_model("efficientvim_m2_ev", num_classes=10)
+    timm.create_model("efficientvim_m2_ev.e450_in1k", pretrained=True, features_only=True)
 
-Each of our names gets the prefix ``ev_`` (timm's ``efficientvim_*`` stay timm's). The entrypoints build
+Each of our names gets the suffix ``_ev`` (timm's ``efficientvim_*`` stay timm's). timm files a model under
+the name of the module that registers it (its port: ``timm.models.efficientvim``), so this module is called
+``efficientvim`` too: ``timm.list_models(module="efficientvim")`` lists both ports, and tools (timm's own
+test suite among them) that treat the family by module or by the pattern ``efficientvim*`` treat ours
+alike. The entrypoints build
 through :func:`efficientvim.create_model`, so every keyword timm passes (``num_classes``, ``features_only``,
 ``out_indices``, ``drop_path_rate``, ``global_pool``, ``device``, ``dtype``, ``pretrained_cfg_overlay`` ...)
 means what it means there; the pretrained tags are timm's published weights, which our models load as they are.
@@ -17,9 +21,9 @@ from collections.abc import Callable
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from .registry import PRETRAINED_TAGS, create_model, list_models
+from ..registry import PRETRAINED_TAGS, create_model, list_models
 
-PREFIX = "ev_"
+SUFFIX = "_ev"
 
 
 def _cfg(name: str) -> dict:
@@ -31,7 +35,7 @@ def _cfg(name: str) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    f"{PREFIX}{name}.{tag}": {**_cfg(name), "hf_hub_id": f"timm/{name}.{tag}"}
+    f"{name}{SUFFIX}.{tag}": {**_cfg(name), "hf_hub_id": f"timm/{name}.{tag}"}
     for name in list_models() for tag in PRETRAINED_TAGS["_dist" if name.endswith("_dist") else ""]
 })
 
@@ -45,11 +49,11 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
         tag = tag if pretrained else None
         return create_model(f"{name}.{tag}" if tag else name, pretrained=pretrained, **kwargs)
 
-    build.__name__ = build.__qualname__ = PREFIX + name
+    build.__name__ = build.__qualname__ = name + SUFFIX
     build.__module__ = __name__
     build.__doc__ = f"EfficientViM {name} from the efficientvim package (see efficientvim.create_model)."
     return build
 
 
 for _name in list_models():
-    globals()[PREFIX + _name] = register_model(_entrypoint(_name))
+    globals()[_name + SUFFIX] = register_model(_entrypoint(_name))
