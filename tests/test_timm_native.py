@@ -57,3 +57,22 @@ def test_timms_reparameterize_model_leaves_no_batchnorm(name):
     assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_timm_scripts_run_with_our_models_registered(tmp_path):
+    """``python -m efficientvim.timm_registry SCRIPT ARGS`` runs a timm script (validate.py ...) as python would."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "validate.py"
+    script.write_text("import sys, timm\n"
+                      "model = timm.create_model(sys.argv[1], num_classes=3, embed_dim=(32, 48, 64), depths=(1, 1, 1))\n"
+                      "print(type(model).__module__, model.num_classes, __name__)\n")
+    run = [sys.executable, "-m", "efficientvim.timm_registry"]
+    done = subprocess.run([*run, str(script), "efficientvim_m1_ev"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["efficientvim.model", "3", "__main__"]
+    missing = subprocess.run([*run, str(tmp_path / "nope.py")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: no script {tmp_path / 'nope.py'}: pass a timm script such as validate.py (from timm's repository)"]

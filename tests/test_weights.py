@@ -180,5 +180,6 @@ def test_pretrained_offline_says_so_clearly(tmp_path):
     code = "import efficientvim as ev; ev.create_model('efficientvim_m2.e450_in1k')"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    expected = "no cached weights for timm/efficientvim_m2.e450_in1k and offline mode (HF_HUB_OFFLINE) is set"
+    expected = ("no cached model.safetensors for hub repo timm/efficientvim_m2.e450_in1k and offline mode "
+                "(HF_HUB_OFFLINE) is set")
     assert expected in result.stderr

@@ -31,6 +31,9 @@ _SOURCES = {
     "EfficientViMBlock": "model",
     "EfficientViMFeatures": "model",
     "create_model": "registry",
+    "from_pretrained": "registry",
+    "push_to_hub": "hub",
+    "save_pretrained": "hub",
     "list_models": "registry",
     "load_model": "registry",
     "model_config": "registry",
@@ -50,10 +53,13 @@ __all__ = [
     "UnknownModelError",
     "count_flops",
     "create_model",
+    "from_pretrained",
     "fuse",
     "list_models",
     "load_model",
     "model_config",
+    "push_to_hub",
+    "save_pretrained",
     "save_weights",
 ]
 
@@ -62,8 +68,9 @@ if TYPE_CHECKING:
     from .errors import CheckpointError, EfficientViMError, ImageFileError, InputSizeError, UnknownModelError
     from .flops import count_flops
     from .hsm_ssd import HSMSSD
+    from .hub import push_to_hub, save_pretrained
     from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures
-    from .registry import create_model, list_models, load_model, model_config
+    from .registry import create_model, from_pretrained, list_models, load_model, model_config
     from .weights import Checkpoint, save_weights
 
 

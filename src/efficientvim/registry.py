@@ -12,6 +12,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from . import hub
 from .errors import CheckpointError, UnknownModelError
 from .model import EfficientViM, EfficientViMFeatures
 from .weights import Checkpoint, load_into
@@ -95,26 +96,8 @@ def _default_cfg(name: str, img_size: int, in_chans: int, num_classes: int) -> d
 
 def download_pretrained(name: str, tag: str | None) -> str:
     """Fetch timm's published weights for ``name`` (cached by huggingface_hub) and return the file path."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import logging as hf_logging
-
     tag = tag or PRETRAINED_TAGS["_dist" if name.endswith("_dist") else ""][0]
-    repo = f"timm/{name}.{tag}"
-    try:
-        # the hub logs every retry; the failure is reported below in one line instead
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            return hf_hub_download(repo, "model.safetensors")
-        finally:
-            hf_logging.set_verbosity(level)
-    except Exception as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        why = "offline mode (HF_HUB_OFFLINE) is set" if offline else f"the download failed: {type(e).__name__}"
-        raise CheckpointError(
-            f"no cached weights for {repo} and {why}; fetch https://huggingface.co/{repo}/resolve/main/"
-            "model.safetensors on a machine with internet and pass it as checkpoint=PATH (--checkpoint PATH)"
-        ) from None
+    return str(hub.fetch(f"timm/{name}.{tag}", hub.WEIGHTS_NAME))
 
 
 def create_model(
@@ -131,8 +114,10 @@ def create_model(
     """Build an EfficientViM model, optionally with weights.
 
     Args:
-        name: ``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist`` for the distilled heads, or a
-            weights tag such as ``efficientvim_m2.e450_in1k`` (implies ``pretrained``).
+        name: ``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist`` for the distilled heads, a
+            weights tag such as ``efficientvim_m2.e450_in1k`` (implies ``pretrained``), or a model
+            folder or hub repo (``hf-hub:USER/REPO`` or ``USER/REPO``) as ``save_pretrained`` and timm
+            write them: its config picks the architecture and its weights load.
         pretrained: download timm's published ImageNet weights (cached; needs internet once).
         checkpoint: a local file (the authors' .pth, a timm state dict or ``save_weights`` output),
             or a :class:`Checkpoint` already read.
@@ -146,6 +131,19 @@ def create_model(
             ``stem_strides=(4, 8)`` adds the stem's finer maps).
         **overrides: other constructor arguments (``mlp_ratio``, ``drop_rate``, ``out_indices``...).
     """
+    source_meta: dict = {}
+    if hub.is_source(name):
+        if checkpoint is not None:
+            raise CheckpointError(f"{name} brings its own weights: drop checkpoint= (or name a registered model)")
+        config, checkpoint = hub.resolve(name, overrides.pop("revision", None))
+        name, saved_args, source_meta = hub.source_settings(config)
+        # the saved arguments are defaults: the caller's own (a new class count, more channels) win
+        num_classes = saved_args.pop("num_classes", None) if num_classes is None else num_classes
+        in_chans = saved_args.pop("in_chans", 3) if in_chans == 3 else in_chans
+        drop_path_rate = saved_args.pop("drop_path_rate", 0.0) if drop_path_rate == 0.0 else drop_path_rate
+        for key, value in saved_args.items():
+            if key not in ("num_classes", "in_chans", "drop_path_rate"):
+                overrides.setdefault(key, value)
     base, tag = _resolve_name(name)
     cfg = model_config(base)
     img_size = overrides.pop("img_size", cfg["img_size"])
@@ -191,7 +189,7 @@ def create_model(
     if ckpt is not None:
         reset_heads = features_only or (ckpt.num_classes is not None and ckpt.num_classes != model.num_classes)
         load_into(model, ckpt, drop_heads=reset_heads)
-        _apply_metadata(model, ckpt.metadata, keep_labels=not reset_heads)
+        _apply_metadata(model, {**source_meta, **ckpt.metadata}, keep_labels=not reset_heads)
     if dtype is not None:
         model.to(dtype=dtype)
     return model
@@ -240,6 +238,12 @@ def _apply_metadata(model: nn.Module, meta: dict, keep_labels: bool) -> None:
         cfg["input_size"] = (cfg["input_size"][0], *meta["input_size"][1:])
     if keep_labels and meta.get("class_names"):
         cfg["label_names"] = list(meta["class_names"])
+
+
+def from_pretrained(source: str | os.PathLike, **kwargs) -> nn.Module:
+    """A model from a folder or hub repo written by :func:`efficientvim.save_pretrained` (or one of timm's
+    EfficientViM repos, e.g. ``timm/efficientvim_m2.e450_in1k``): ``create_model(source, **kwargs)``."""
+    return create_model(str(source), **kwargs)
 
 
 def load_model(path: str | os.PathLike | Checkpoint, **kwargs) -> nn.Module:

@@ -90,7 +90,9 @@ def writable_folder(path: str | Path) -> Path:
 
 def add_model_args(p: argparse.ArgumentParser, name_option: bool = True) -> None:
     if name_option:
-        p.add_argument("--model", metavar="NAME", help="architecture, e.g. efficientvim_m2 (see `efficientvim models`)")
+        p.add_argument("--model", metavar="NAME",
+                       help="architecture, e.g. efficientvim_m2 (see `efficientvim models`), "
+                       "or a folder or hub repo (hf-hub:USER/REPO) written by save_pretrained")
     p.add_argument(
         "--checkpoint",
         metavar="PATH",
@@ -117,7 +119,9 @@ def model_from_args(args: argparse.Namespace):
 
 def has_random_weights(args: argparse.Namespace) -> bool:
     """True when neither a checkpoint nor a weights tag (``efficientvim_m2.e450_in1k``) was given."""
-    return args.checkpoint is None and "." not in (args.model or "")
+    from ..hub import is_source
+
+    return args.checkpoint is None and "." not in (args.model or "") and not is_source(args.model or "")
 
 
 def warn_if_random(args: argparse.Namespace) -> None:
