@@ -66,7 +66,7 @@ def test_timm_scripts_run_with_our_models_registered(tmp_path):
 
     script = tmp_path / "validate.py"
     script.write_text("import sys, timm\n"
-                      "model = timm.create_model(sys.argv[1], num_classes=3, embed_dim=(32, 48, 64), depths=(1, 1, 1))\n"
+                      "model = timm.create_model(sys.argv[1], num_classes=3, embed_dim=(32, 48, 64))\n"
                       "print(type(model).__module__, model.num_classes, __name__)\n")
     run = [sys.executable, "-m", "efficientvim.timm_registry"]
     done = subprocess.run([*run, str(script), "efficientvim_m1_ev"], capture_output=True, text=True, timeout=120)
