@@ -33,9 +33,13 @@ from torch import nn
 from .deploy import fuse
 from .errors import EfficientViMError, UnknownModelError, import_extra
 from .export import EXPORT_LAYOUT, write_onnx
+from .kernels import native_precision
 from .registry import create_model, list_models, model_config
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
+# precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
+# CUDA: fused models fused in it, the others under torch.autocast
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
 # latency protocol (512 x 512, batch 32)
 TASKS = ("classification", "dense")
@@ -87,6 +91,7 @@ class Result:
     vs_timm: float | None = None  # time of timm's same variant / this time, median over rounds
     times_ms: list[float] = field(default_factory=list)
     error: str | None = None
+    gflops: float | None = None  # achieved: 2 x multiply-adds x images/s (the GEMM bound is in the run's meta)
 
 
 def model_family(name: str) -> str:
@@ -131,10 +136,12 @@ class BackboneFPN(nn.Module):
 
 
 def build_model(
-    name: str, runtime: str = "eager", task: str = "classification", fpn_channels: int | None = DENSE_FPN_CHANNELS
+    name: str, runtime: str = "eager", task: str = "classification", fpn_channels: int | None = DENSE_FPN_CHANNELS,
+    dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """An eval-mode model for a benchmark name, weights random (speed does not depend on them); for the
-    dense task the trunk's levels ``DENSE_LEVELS`` (timm: all its feature levels) and an FPN."""
+    dense task the trunk's levels ``DENSE_LEVELS`` (timm: all its feature levels) and an FPN. ``dtype``:
+    a fused model is fused in it; the caller converts or autocasts the others."""
     _check_name(name)
     dense = dict(features_only=True, **DENSE_LEVELS) if task == "dense" else {}
     if name.startswith(TIMM_PREFIX):
@@ -146,7 +153,7 @@ def build_model(
     else:
         model = create_model(model_family(name), **dense).eval()
         if name.endswith(FUSE_SUFFIX):
-            model = fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last")
+            model = fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last", dtype=dtype)
     if task == "dense":
         model = BackboneFPN(model, model.feature_info.channels(), fpn_channels).eval()
     return model
@@ -156,9 +163,15 @@ class _Runner:
     """One model prepared for one runtime; ``__call__`` runs one synchronised batch."""
 
     def __init__(self, name: str, runtime: str, device: str, threads: int, workdir: Path, task: str,
-                 fpn_channels: int | None) -> None:
+                 fpn_channels: int | None, precision: str = "fp32") -> None:
         self.name, self.task = name, task
-        model = build_model(name, runtime, task, fpn_channels).to(device)
+        self.dtype = PRECISIONS[precision]
+        model = build_model(name, runtime, task, fpn_channels, self.dtype).to(device)
+        # low precision: CUDA autocasts what is not fused in it; CPU converts it (autocast's per-call weight
+        # casts would be timed too, which a deployed bf16 model does not pay)
+        self.autocast = device.startswith("cuda") and self.dtype != torch.float32 and not name.endswith(FUSE_SUFFIX)
+        if not self.autocast and self.dtype != torch.float32:
+            model = model.to(self.dtype)
         self.model = model
         self.device = device
         self.run: Callable[[torch.Tensor], object]
@@ -186,10 +199,33 @@ class _Runner:
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: x.numpy()})
 
+    def macs(self, size: int) -> int | None:
+        """Multiply-adds per image at ``size``, counted on the unfused float32 model (the fused one computes
+        the same products); None where the counter cannot run the model."""
+        from .flops import count_flops
+
+        if self.task != "classification":
+            return None
+        try:
+            return count_flops(self.reference().to(self.device), size)
+        except Exception:  # a peer whose ops the counter does not know: no figure rather than a wrong one
+            return None
+
+    def reference(self) -> nn.Module:
+        if self.name.startswith(TIMM_PREFIX):
+            import timm
+
+            return timm.create_model(model_family(self.name), pretrained=False).eval()
+        return create_model(model_family(self.name)).eval()
+
+    def input(self, batch: int, size: int) -> torch.Tensor:
+        x = torch.randn(batch, 3, size, size, device=self.device)
+        return x if self.autocast else x.to(self.dtype)
+
     def __call__(self, x: torch.Tensor) -> float:
         """Seconds for one call, device synchronised."""
         cuda = self.device.startswith("cuda")
-        autocast = torch.autocast("cuda", torch.float16) if cuda else contextlib.nullcontext()
+        autocast = torch.autocast("cuda", self.dtype) if self.autocast else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             if cuda:
                 torch.cuda.synchronize()
@@ -255,13 +291,16 @@ def run_benchmark(
     progress: bool = True,
     task: str = "classification",
     fpn_channels: int | None = DENSE_FPN_CHANNELS,
+    precisions: Sequence[str] | None = None,
 ) -> list[Result]:
-    """Time every model in every (runtime, resolution, batch size) setting; see the module docstring.
+    """Time every model in every (precision, runtime, resolution, batch size) setting; see the module docstring.
 
     ``resolutions`` may hold ``"native"``: each model at its training resolution (M4: 256), or for the
     ``dense`` task at 512. ``task`` is ``classification`` (the classifier) or ``dense`` (trunk levels and
-    an FPN of ``fpn_channels``; None: no neck). On CUDA the models run under fp16 autocast; on CPU in
-    fp32 with ``threads`` threads.
+    an FPN of ``fpn_channels``; None: no neck). ``precisions`` (``PRECISIONS``; default fp32 on CPU, fp16
+    on CUDA): fused models are fused in that dtype, the others converted to it (CPU) or autocast (CUDA);
+    a precision the device has no native support for is reported as failed, not timed slowly. On CPU
+    with ``threads`` threads.
     """
     from tqdm.auto import tqdm
 
@@ -274,28 +313,56 @@ def run_benchmark(
         raise BenchmarkError(f"unknown runtime {bad[0]!r}: choose from {', '.join(RUNTIMES)}")
     if device.startswith("cuda") and "onnxruntime" in runtimes:
         raise BenchmarkError("the onnxruntime runtime is benchmarked on CPU only: drop it or use --device cpu")
+    precisions = list(precisions or (["fp16"] if device.startswith("cuda") else ["fp32"]))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise BenchmarkError(f"unknown precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
+    if "onnxruntime" in runtimes and set(precisions) != {"fp32"}:
+        raise BenchmarkError("the onnxruntime runtime is timed in fp32 only: time other precisions with "
+                             "--runtimes eager,compile")
     for name in models:
         _check_name(name)
     torch.set_num_threads(threads)
-    precision = "fp16-autocast" if device.startswith("cuda") else "fp32"
-    settings = [(rt, res, bs) for rt in runtimes for res in resolutions for bs in batch_sizes]
+    settings = [(p, rt, res, bs) for p in precisions for rt in runtimes for res in resolutions for bs in batch_sizes]
     bar = tqdm(total=len(settings) * len(models) * (warmup + repeats), disable=not progress, desc="bench")
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as workdir:
-        for runtime in runtimes:
-            runners = {}
-            for name in models:
-                try:
-                    runners[name] = _Runner(name, runtime, device, threads, Path(workdir), task, fpn_channels)
-                except Exception as e:  # one peer failing to build or export must not end the run
-                    results.append(_failed(name, runtime, device, precision, threads, e))
-            for res in resolutions:
-                for batch in batch_sizes:
-                    bar.set_postfix_str(f"{runtime} {res} b{batch}")
-                    results += _time_setting(runners, runtime, res, batch, device, precision, threads, warmup,
-                                             repeats, bar)  # fmt: skip
+        for precision in precisions:
+            why = native_precision(PRECISIONS[precision], device)
+            for runtime in runtimes:
+                runners = {}
+                for name in models:
+                    try:
+                        if why:
+                            raise BenchmarkError(f"{why}: {precision} would run emulated, slower than fp32")
+                        runners[name] = _Runner(name, runtime, device, threads, Path(workdir), task, fpn_channels,
+                                                precision)  # fmt: skip
+                    except Exception as e:  # one peer failing to build or export must not end the run
+                        results.append(_failed(name, runtime, device, precision, threads, e))
+                for res in resolutions:
+                    for batch in batch_sizes:
+                        bar.set_postfix_str(f"{precision} {runtime} {res} b{batch}")
+                        results += _time_setting(runners, runtime, res, batch, device, precision, threads, warmup,
+                                                 repeats, bar)  # fmt: skip
     bar.close()
     return results
+
+
+def gemm_bound(precision: str, device: str = "cpu", threads: int = 2, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of one large square matrix product in ``precision``: the ceiling a GEMM-bound model can reach."""
+    torch.set_num_threads(threads)
+    a = torch.randn(size, size, device=device).to(PRECISIONS[precision])
+    times = []
+    for i in range(repeats + 2):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ a
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= 2:  # two untimed calls first
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def _check_name(name: str) -> None:
@@ -318,7 +385,7 @@ def _time_setting(runners, runtime, res, batch, device, precision, threads, warm
     inputs, times, failed = {}, {}, {}
     for name, runner in runners.items():
         size = native_resolution(name, runner.task) if res == "native" else int(res)
-        inputs[name] = torch.randn(batch, 3, size, size, device=device)
+        inputs[name] = runner.input(batch, size)
         try:
             for _ in range(warmup):
                 runner(inputs[name])
@@ -342,10 +409,11 @@ def _time_setting(runners, runtime, res, batch, device, precision, threads, warm
         median = statistics.median(times[name])
         base = TIMM_PREFIX + model_family(name)
         vs_timm = median_ratio(times[base], times[name]) if base in times and base != name else None
+        macs = runner.macs(size)
         results.append(Result(
             name, runtime, device, precision, threads, batch, size, median * 1e3, batch / median,
             median * 1e3 / batch, runner.peak_memory_mb(inputs[name], runtime), repeats, vs_timm,
-            [t * 1e3 for t in times[name]],
+            [t * 1e3 for t in times[name]], gflops=2 * macs * batch / median / 1e9 if macs else None,
         ))  # fmt: skip
     return results
 

@@ -36,6 +36,7 @@ float32 rounding (tests check 1e-4 relative on random weights).
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ from .kernels import (
     PackedWeights,
     accumulate,
     eager,
+    native_precision,
     packed_conv2d,
     packed_linear,
 )
@@ -394,6 +396,13 @@ class _FusedTrunk(nn.Module):
         if hasattr(self, "pretrained_cfg"):
             self.default_cfg = self.pretrained_cfg
 
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the weights' dtype (a bfloat16 model takes float32 images); under autocast as given."""
+        dtype = self.patch_embed.conv[0].weight.dtype
+        if x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(dtype)
+
     def train(self, mode: bool = True) -> _FusedTrunk:
         if mode:
             raise RuntimeError("a fused EfficientViM is inference-only: train the original model and fuse again")
@@ -409,7 +418,7 @@ class FusedEfficientViM(_FusedTrunk):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.total_stride)
-        x = self.patch_embed(x)[-1]
+        x = self.patch_embed(self._cast(x))[-1]
         states = []
         for stage in self.stages:
             x, h = stage(x)
@@ -433,7 +442,7 @@ class FusedEfficientViMFeatures(_FusedTrunk):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         _check_input(x, self.in_chans, self.total_stride)
-        s4, s8, x = self.patch_embed(x)
+        s4, s8, x = self.patch_embed(self._cast(x))
         maps = [s4, s8]
         for stage in self.stages:
             x, _ = stage(x)
@@ -450,11 +459,17 @@ LAYOUTS = ("channels_last", "channels_first")
 
 @torch.no_grad()
 def fuse(
-    model: EfficientViM | EfficientViMFeatures, layout: str = "channels_last"
+    model: EfficientViM | EfficientViMFeatures, layout: str = "channels_last", dtype: torch.dtype | None = None
 ) -> FusedEfficientViM | FusedEfficientViMFeatures:
     """An inference-only copy of ``model`` with all folding applied; ``model`` itself is not changed.
 
-    The copy has the same device and dtype, is in eval mode and cannot be put back into training.
+    The copy has the same device, is in eval mode and cannot be put back into training. ``dtype``: the
+    weights' and the computation's dtype, by default the model's. ``torch.bfloat16`` / ``torch.float16``
+    fold in float64 as always, then round once; the copy takes images of any float dtype and returns its
+    own. Where the device has no native support for that dtype (:func:`efficientvim.kernels.native_precision`:
+    a CPU without AVX512-BF16/AMX, say) it would run slower than float32, so the copy is float32 and a
+    warning says why. LayerNorm statistics, softmax over tokens and GEMM sums are accumulated in float32 by
+    PyTorch's kernels in either case. Under ``torch.autocast`` a float32 copy runs as autocast decides.
     A distilled classifier's copy returns the eval-mode output (the mean of both heads).
     ``layout`` is how maps are held inside: ``channels_last`` (B, H, W, C) suits PyTorch eager and
     torch.compile; ``channels_first`` (NCHW, 1x1 projections as convolutions) suits ONNX Runtime,
@@ -475,10 +490,15 @@ def fuse(
         raise ValueError("fuse() folds the MSF head, which this model has pruned or turned off (global_pool=''): "
                          "fuse a model with its head, or create_model(..., features_only=True) for maps")
     param = next(model.parameters())
+    dtype = dtype or param.dtype
+    why = native_precision(dtype, param.device)
+    if why is not None:
+        warnings.warn(f"{why}: fusing in float32, which runs faster here", stacklevel=3)  # the caller of fuse
+        dtype = torch.float32
     if isinstance(model, EfficientViM):
-        fused = FusedEfficientViM(model, param.dtype, layout == "channels_first")
+        fused = FusedEfficientViM(model, dtype, layout == "channels_first")
     elif isinstance(model, EfficientViMFeatures):
-        fused = FusedEfficientViMFeatures(model, param.dtype, layout == "channels_first")
+        fused = FusedEfficientViMFeatures(model, dtype, layout == "channels_first")
     else:
         raise TypeError(f"fuse() takes an EfficientViM or EfficientViMFeatures model, not {type(model).__name__}")
     return fused.to(param.device).eval()

@@ -31,7 +31,9 @@ def accumulate(op, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     In place saves a pass over x (x is always a fresh intermediate here); traced graphs (ONNX,
     TorchScript) get the functional op, since the exporters do not keep in-place semantics.
     """
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing() or not x.dtype == a.dtype == b.dtype:
+        # under autocast the operands arrive in the low precision and the stream may not: the functional
+        # op lets autocast choose the dtype (an in-place sum into a float32 x cannot take bfloat16 operands)
         return op(x, a, b)
     return getattr(x, op.__name__ + "_")(a, b)
 
@@ -77,8 +79,41 @@ class PackedWeights(dict):
         return PackedWeights, ()
 
 
+# bfloat16 kernels of oneDNN need AVX512-BF16 or AMX; elsewhere they emulate and run slower than float32
+BF16_NATIVE = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+# float16 likewise needs AVX512-FP16 or AMX-FP16
+FP16_NATIVE = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_fp16_supported()
+LOW_PRECISION = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def native_precision(dtype: torch.dtype, device: torch.device | str = "cpu") -> str | None:
+    """None when ``device`` runs ``dtype`` in hardware (so faster than float32); else why not, in words.
+
+    CPU: oneDNN's own check, AVX512-BF16 or AMX for bfloat16, AVX512-FP16 or AMX-FP16 for float16 (without
+    them it emulates, slower than float32). CUDA: float16 always, bfloat16 from Ampere on.
+    """
+    device = torch.device(device)
+    if dtype not in LOW_PRECISION:
+        return None
+    if device.type == "cuda":
+        ok = dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
+        return None if ok else f"this GPU has no native {LOW_PRECISION[dtype]}"
+    if device.type == "cpu":
+        ok = BF16_NATIVE if dtype == torch.bfloat16 else FP16_NATIVE
+        need = "AVX512-BF16 or AMX" if dtype == torch.bfloat16 else "AVX512-FP16 or AMX-FP16"
+        return None if ok else f"this CPU has no native {LOW_PRECISION[dtype]} ({need})"
+    return None
+
+
+def _packable_conv(x: torch.Tensor) -> bool:
+    """Whether oneDNN's convolution on a pre-reordered weight can take ``x``: float32, or bfloat16 where native."""
+    return (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and BF16_NATIVE)) and x.device.type == "cpu" \
+        and eager() and not torch.is_autocast_enabled("cpu")
+
+
 def _native_cpu_fp32(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.device.type == "cpu" and eager()
+    # not under autocast: the pre-packed float32 weights would bypass its casts
+    return x.dtype == torch.float32 and x.device.type == "cpu" and eager() and not torch.is_autocast_enabled("cpu")
 
 
 def packed_linear(
@@ -109,7 +144,7 @@ def packed_conv2d(
     absent, for large dense convolutions (see ``PACKED_CONV_ELEMENTS``), and for other dtypes and
     devices, traced graphs and torch.compile.
     """
-    if not (MKLDNN_PACKED and (groups > 1 or x.numel() <= PACKED_CONV_ELEMENTS) and _native_cpu_fp32(x)):
+    if not (MKLDNN_PACKED and (groups > 1 or x.numel() <= PACKED_CONV_ELEMENTS) and _packable_conv(x)):
         x = F.conv2d(x, weight, bias, stride, padding, 1, groups)
         return x.relu_() if relu else x  # in place: the conv output is a fresh tensor
     pad, step = [padding, padding], [stride, stride]

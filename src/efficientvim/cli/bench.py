@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency runs")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (PyTorch intra-op and ONNX Runtime)")
     p.add_argument("--device",
-                   help="cpu, or cuda (fp16 autocast); default: cuda when a GPU is present")
+                   help="cpu, or cuda; default: cuda when a GPU is present")
+    p.add_argument("--precision", type=_csv(str), default=None,
+                   help="comma-separated: fp32, bf16, fp16 (default: fp32 on CPU, fp16 on CUDA); fused models are "
+                   "fused in it, the others converted (CPU) or autocast (CUDA); the GEMM bound of each is measured")
     p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls per model and setting")
     p.add_argument("--repeats", type=positive_int, default=10,
                    help="timed calls per model and setting (median reported)")
@@ -64,34 +67,59 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.models is None:
         args.models = list(DEFAULT_MODELS if args.task == "classification" else DENSE_DEFAULT_MODELS)
-    from ..bench import machine_description, plot_resolution_scaling, plot_speed_accuracy, run_benchmark, write_results
+    from ..bench import (
+        PRECISIONS,
+        BenchmarkError,
+        gemm_bound,
+        machine_description,
+        plot_resolution_scaling,
+        plot_speed_accuracy,
+        run_benchmark,
+        write_results,
+    )
+    from ..kernels import native_precision
 
+    precisions = args.precision or (["fp16"] if args.device.startswith("cuda") else ["fp32"])
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise BenchmarkError(f"--precision {unknown[0]}: choose from {', '.join(PRECISIONS)}")
     batches = [args.batch_size] + ([] if args.no_latency or args.batch_size == 1 else [1])
     results = run_benchmark(
         args.models, args.runtimes, args.resolutions, batches, args.threads, args.device, args.warmup,
         args.repeats, progress=not args.no_progress, task=args.task, fpn_channels=args.fpn_channels or None,
+        precisions=precisions,
     )  # fmt: skip
     machine = machine_description(args.device)
+    bounds = {p: round(gemm_bound(p, args.device, args.threads), 1) for p in precisions
+              if native_precision(PRECISIONS[p], args.device) is None}
     meta = dict(machine=machine, device=args.device, threads=args.threads, torch=torch.__version__,
                 python=platform.python_version(), warmup=args.warmup, repeats=args.repeats, task=args.task,
-                fpn_channels=args.fpn_channels if args.task == "dense" else None)  # fmt: skip
+                fpn_channels=args.fpn_channels if args.task == "dense" else None,
+                gemm_gflops=bounds)  # fmt: skip
     out = Path(args.output_dir)
     paths = write_results(results, out, meta)
-    precision = "fp16 autocast" if args.device.startswith("cuda") else "fp32"
-    title = f"{machine}, {args.threads} threads, {precision}"
-    plots = ((plot_resolution_scaling, "resolution_scaling.png"),)
-    if args.task == "classification":  # published top-1 against classifier speed
-        plots = ((plot_speed_accuracy, "speed_accuracy.png"), *plots)
-    for plot, name in plots:
-        if plot(results, out / name, title) is not None:
-            paths[name] = out / name
-    print(f"{'model':32s} {'runtime':12s} {'res':>5s} {'batch':>5s} {'ms/call':>9s} {'img/s':>8s} {'vs timm':>8s}")
+    for precision in precisions:  # plots per precision
+        rows = [r for r in results if r.precision == precision]
+        title = f"{machine}, {args.threads} threads, {precision}"
+        suffix = f"_{precision}" if len(precisions) > 1 else ""
+        plots = ((plot_resolution_scaling, f"resolution_scaling{suffix}.png"),)
+        if args.task == "classification":  # published top-1 against classifier speed
+            plots = ((plot_speed_accuracy, f"speed_accuracy{suffix}.png"), *plots)
+        for plot, name in plots:
+            if plot(rows, out / name, title) is not None:
+                paths[name] = out / name
+    print(f"{'model':32s} {'runtime':12s} {'prec':>5s} {'res':>5s} {'batch':>5s} {'ms/call':>9s} {'img/s':>8s} "
+          f"{'vs timm':>8s} {'GFLOP/s':>8s} {'of bound':>8s}")
     for r in results:
         if r.error:
-            print(f"{r.model:32s} {r.runtime:12s} failed: {r.error}")
+            print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} failed: {r.error}")
             continue
         ratio = f"{r.vs_timm:.2f}x" if r.vs_timm else ""
-        print(f"{r.model:32s} {r.runtime:12s} {r.resolution:5d} {r.batch_size:5d} {r.median_ms:9.2f} "
-              f"{r.images_per_s:8.1f} {ratio:>8s}")  # fmt: skip
+        rate = f"{r.gflops:.0f}" if r.gflops else ""
+        share = f"{100 * r.gflops / bounds[r.precision]:.0f}%" if r.gflops and r.precision in bounds else ""
+        print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} {r.resolution:5d} {r.batch_size:5d} "
+              f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>8s} {rate:>8s} {share:>8s}")  # fmt: skip
+    if bounds:
+        print("GEMM bound (2048^3 matrix product): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
