@@ -33,7 +33,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: this tree fused with dtype=torch.bfloat16, the other fused then .to(torch.bfloat16)")
     args = p.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(Path(args.other_src) / "efficientvim", Path(tmp) / "efficientvim_other")
@@ -43,12 +46,13 @@ def main() -> None:
         model = new.create_model(args.model).eval()
         other = old.create_model(args.model).eval()
         other.load_state_dict(model.state_dict())
-        fused = {"new": new.fuse(model), "old": old.fuse(other)}
+        fused = {"new": new.fuse(model, dtype=dtype), "old": old.fuse(other).to(dtype)}
         size = model.pretrained_cfg["input_size"][-1]
-        x = torch.randn(args.batch_size, 3, size, size)
+        x = torch.randn(args.batch_size, 3, size, size).to(dtype)
         times: dict[str, list[float]] = {"new": [], "old": []}
         with torch.inference_mode():
-            torch.testing.assert_close(fused["new"](x), fused["old"](x), rtol=1e-4, atol=1e-5)
+            tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.05, atol=0.05)
+            torch.testing.assert_close(fused["new"](x), fused["old"](x), **tol)
             for f in fused.values():
                 for _ in range(3):
                     f(x)
@@ -58,7 +62,8 @@ def main() -> None:
                     fused[key](x)
                     times[key].append(time.perf_counter() - start)
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
-    print(f"{args.model} batch {args.batch_size}, {args.threads} threads, fp32 eager, {args.rounds} rounds: "
+    print(f"{args.model} batch {args.batch_size}, {args.threads} threads, {args.precision} eager, "
+          f"{args.rounds} rounds: "
           f"this tree {statistics.median(times['new']) * 1e3:.2f} ms, other {statistics.median(times['old']) * 1e3:.2f}"
           f" ms per call; median per-round ratio other/this {ratio:.3f}")
 

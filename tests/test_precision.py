@@ -9,6 +9,9 @@ the depth). Nothing here is timed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,6 +84,31 @@ def test_without_native_support_fuse_says_so_and_stays_float32(model, monkeypatc
     assert {p.dtype for p in fused.parameters()} == {torch.float32}
     with torch.no_grad():
         torch.testing.assert_close(fused(X), ev.fuse(model)(X))
+
+
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_both_gemm_libraries_compute_the_fused_model_exactly(model, library, monkeypatch):
+    """float32 projections run on MKL (Intel) or oneDNN (AMD): both paths, whichever CPU runs the tests."""
+    monkeypatch.setattr(ev.kernels, "GEMM_LIBRARY", library)
+    fused = ev.fuse(model)
+    with torch.no_grad():
+        for batch in (3, 1):  # batch 1: the pre-packed small-GEMM path
+            reference = model(X[:batch])
+            assert relative_error(reference, fused(X[:batch])) <= 1e-4
+            with torch.autocast("cpu", torch.bfloat16):  # neither library's float32 kernels under autocast
+                assert fused(X[:batch]).dtype == torch.bfloat16
+
+
+def test_gemm_library_follows_the_cpu_vendor_unless_told():
+    code = "import efficientvim.kernels as k; print(k.GEMM_LIBRARY)"
+    for choice in ("mkl", "onednn"):
+        env = {**os.environ, "EFFICIENTVIM_GEMM": choice}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip() == choice
+    expected = "onednn" if ev.kernels.cpu_vendor() == "AuthenticAMD" and ev.kernels.MKLDNN_PACKED else "mkl"
+    env = {k: v for k, v in os.environ.items() if k != "EFFICIENTVIM_GEMM"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == expected
 
 
 def test_native_precision_names_what_the_cpu_lacks():

@@ -56,6 +56,31 @@ def test_predict_with_the_saved_weights_agrees_with_the_reported_val_accuracy(ph
     assert len(results) == 20 and 100.0 * correct / len(results) == pytest.approx(top1)
 
 
+def test_the_trained_model_in_bfloat16_predicts_what_it_does_in_float32(photo_run):
+    """Low precision on real photos and real weights: the same top-1 for every val image, logits close."""
+    import efficientvim as ev
+    from efficientvim.data import build_datasets
+    from efficientvim.train.classification import eval_transform
+
+    model = ev.load_model(photo_run["out"] / "best.safetensors").eval()
+    cfg = model.pretrained_cfg
+    _, val, _ = build_datasets(str(photo_run["data"]), "", val_transform=eval_transform(cfg["input_size"][-1], cfg),
+                               need_train=False, val_classes=cfg["label_names"])
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    fused = ev.fuse(model).to(torch.bfloat16)  # bf16 arithmetic on any CPU (emulated where not native)
+    with torch.no_grad():
+        reference = model(x)
+        got = fused(x).float()
+        with torch.autocast("cpu", torch.bfloat16):
+            autocast = ev.fuse(model)(x).float()
+    assert len(x) == 20
+    for low in (got, autocast):
+        assert torch.equal(low.argmax(1), reference.argmax(1))
+        # bf16 keeps 8 bits: a few percent of the logit range (measured 1-3% on such runs)
+        span = (reference.max(1).values - reference.min(1).values).min()
+        assert (low - reference).abs().max() <= 0.08 * span
+
+
 def test_batchnorm_statistics_start_from_the_first_batch_not_from_zero_and_one():
     torch.manual_seed(0)
     norm = torch.nn.BatchNorm2d(3)

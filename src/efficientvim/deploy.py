@@ -252,7 +252,8 @@ class FusedBlock(nn.Module):
             x = x + self.ffn_bias
         if x.numel() <= PACKED_GEMM_TOKENS * dim and eager():
             return x.add_(packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
-        x = accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight.t())
+        x = accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight.t(),
+                       self.packed[2])
         return x.view(batch, height, width, dim), h
 
     def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,78 @@
+"""How far low precision moves a trained model's predictions, on real images: top-1 of each precision,
+top-1 agreement with the float32 model and the largest logit change.
+
+    python benchmarks/precision_agreement.py runs/digits/best.safetensors            # the digits val split
+    python benchmarks/precision_agreement.py best.safetensors --data my_photos       # a folder's val/ split
+
+Rows: the model as trained (float32), fused in float32, fused in bfloat16 (``fuse(dtype=torch.bfloat16)``;
+float32 where the CPU has no native bfloat16, as fuse says), the fused float32 model under CPU bf16 autocast,
+and the model itself converted with ``.to(torch.bfloat16)`` for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import warnings
+
+import torch
+
+import efficientvim as ev
+from efficientvim.data import build_datasets
+from efficientvim.train.classification import eval_transform
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a save_weights file (names its model)")
+    p.add_argument("--data", help="folder with val/<class>/... (default: the embedded digits val split)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = ev.load_model(args.checkpoint).eval()
+    cfg = model.pretrained_cfg
+    _, val, classes = build_datasets(args.data, "", val_transform=eval_transform(cfg["input_size"][-1], cfg),
+                                     need_train=False, val_classes=cfg.get("label_names"))
+    loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16 = ev.fuse(model, dtype=torch.bfloat16)
+    fused = ev.fuse(model)
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    variants = {
+        "model, float32": model,
+        "fused, float32": fused,
+        "fused, bfloat16": bf16,
+        "fused float32 under CPU bf16 autocast": lambda x: _autocast(fused, x),
+        "model .to(bfloat16)": lambda x: model_bf16(x.to(torch.bfloat16)),
+    }
+    logits: dict[str, list[torch.Tensor]] = {k: [] for k in variants}
+    labels = []
+    with torch.inference_mode():
+        for x, y in loader:
+            labels.append(y)
+            for name, run in variants.items():
+                logits[name].append(run(x).float())
+    labels = torch.cat(labels)
+    out = {k: torch.cat(v) for k, v in logits.items()}
+    reference = out["model, float32"]
+    span = (reference.max(1).values - reference.min(1).values).median()
+    print(f"{args.checkpoint}: {len(labels)} images, {len(classes)} classes, {args.threads} threads; "
+          f"median logit range per image {span:.2f}")
+    for w in caught:
+        print(f"note: {w.message}")
+    print(f"{'variant':40s} {'top-1 %':>8s} {'agrees %':>9s} {'max |dlogit|':>13s}")
+    for name, z in out.items():
+        top1 = 100 * (z.argmax(1) == labels).float().mean()
+        agree = 100 * (z.argmax(1) == reference.argmax(1)).float().mean()
+        print(f"{name:40s} {top1:8.2f} {agree:9.2f} {(z - reference).abs().max():13.4f}")
+
+
+def _autocast(model, x):
+    with torch.autocast("cpu", torch.bfloat16):
+        return model(x)
+
+
+if __name__ == "__main__":
+    main()
