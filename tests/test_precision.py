@@ -138,7 +138,7 @@ def test_bench_times_each_precision_or_says_why_not(tmp_path, capsys):
         else:
             assert row["gflops"] > 0 and precision in data["meta"]["gemm_gflops"]
     out = capsys.readouterr().out
-    assert "GEMM bound (2048^3 matrix product): fp32 " in out
+    assert "GEMM bound (2048^3 matrix product, the faster library): fp32 " in out
     with pytest.raises(ev.EfficientViMError, match="the onnxruntime runtime is timed in fp32 only"):
         run_benchmark(["efficientvim_m1+fuse"], ["onnxruntime"], precisions=["bf16"], progress=False)
     assert main([*argv[:5], "--precision", "int4", "-o", str(tmp_path)]) == 2

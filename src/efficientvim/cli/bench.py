@@ -120,6 +120,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} {r.resolution:5d} {r.batch_size:5d} "
               f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>8s} {rate:>8s} {share:>8s}")  # fmt: skip
     if bounds:
-        print("GEMM bound (2048^3 matrix product): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items()))
+        print("GEMM bound (2048^3 matrix product, the faster library): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
