@@ -129,7 +129,7 @@ def test_bench_times_each_precision_or_says_why_not(tmp_path, capsys):
     assert main(argv) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["model"], r["precision"]): r for r in data["results"]}
-    assert set(rows) == {(m, p) for m in ("efficientvim_m1+fuse", "efficientvim_m1") for p in PRECISIONS}
+    assert set(rows) == {(m, p) for m in ("efficientvim_m1+fuse", "efficientvim_m1") for p in ("fp32", "bf16", "fp16")}
     for (_, precision), row in rows.items():
         why = ev.kernels.native_precision(PRECISIONS[precision], "cpu")
         assert (row["error"] is None) == (why is None)
@@ -139,7 +139,9 @@ def test_bench_times_each_precision_or_says_why_not(tmp_path, capsys):
             assert row["gflops"] > 0 and precision in data["meta"]["gemm_gflops"]
     out = capsys.readouterr().out
     assert "GEMM bound (2048^3 matrix product, the faster library): fp32 " in out
-    with pytest.raises(ev.EfficientViMError, match="the onnxruntime runtime is timed in fp32 only"):
-        run_benchmark(["efficientvim_m1+fuse"], ["onnxruntime"], precisions=["bf16"], progress=False)
+    rows = run_benchmark(["efficientvim_m1+fuse"], ["onnxruntime"], resolutions=[64], batch_sizes=[1], threads=1,
+                         warmup=0, repeats=1, precisions=["bf16", "int8"], progress=False)
+    assert rows[0].error == "BenchmarkError: the onnxruntime runtime is timed in fp32, int8, not bf16"
+    assert rows[1].precision == "int8" and rows[1].error is None and rows[1].images_per_s > 0
     assert main([*argv[:5], "--precision", "int4", "-o", str(tmp_path)]) == 2
-    assert "--precision int4: choose from fp32, bf16, fp16" in capsys.readouterr().err
+    assert "--precision int4: choose from fp32, bf16, fp16, int8" in capsys.readouterr().err

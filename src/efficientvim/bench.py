@@ -39,7 +39,10 @@ from .registry import create_model, list_models, model_config
 RUNTIMES = ("eager", "compile", "onnxruntime")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
 # CUDA: fused models fused in it, the others under torch.autocast
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+# the precisions each runtime is timed in; int8: ONNX Runtime's static QDQ quantization (efficientvim.quantize)
+RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16", "fp16"), "compile": ("fp32", "bf16", "fp16"),
+                      "onnxruntime": ("fp32", "int8")}
 # classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
 # latency protocol (512 x 512, batch 32)
 TASKS = ("classification", "dense")
@@ -164,8 +167,9 @@ class _Runner:
 
     def __init__(self, name: str, runtime: str, device: str, threads: int, workdir: Path, task: str,
                  fpn_channels: int | None, precision: str = "fp32") -> None:
-        self.name, self.task = name, task
-        self.dtype = PRECISIONS[precision]
+        self.name, self.task, self.precision = name, task, precision
+        # int8: a float32 graph, quantized when exported
+        self.dtype = PRECISIONS[precision] if precision != "int8" else torch.float32
         model = build_model(name, runtime, task, fpn_channels, self.dtype).to(device)
         # low precision: CUDA autocasts what is not fused in it; CPU converts it (autocast's per-call weight
         # casts would be timed too, which a deployed bf16 model does not pay)
@@ -188,7 +192,17 @@ class _Runner:
 
         ort = import_extra("onnxruntime", "onnx", "The onnxruntime benchmark runtime")
         path = onnx_path(name, workdir)
-        if not path.exists():
+        if self.precision == "int8":
+            path = path.with_suffix(".int8.onnx")
+        if not path.exists() and self.precision == "int8":
+            from .quantize import calibration_images, quantize_onnx
+
+            fp32 = path.with_suffix(".fp32.onnx")
+            write_onnx(model.cpu(), fp32)
+            # 32 digit images for the ranges: the calibration set does not change the speed
+            images = calibration_images(self.reference(), None, 32)
+            quantize_onnx(fp32, path, (torch.stack(images[i : i + 16]).numpy() for i in range(0, 32, 16)))
+        elif not path.exists():
             write_onnx(model.cpu(), path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -317,9 +331,6 @@ def run_benchmark(
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
         raise BenchmarkError(f"unknown precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
-    if "onnxruntime" in runtimes and set(precisions) != {"fp32"}:
-        raise BenchmarkError("the onnxruntime runtime is timed in fp32 only: time other precisions with "
-                             "--runtimes eager,compile")
     for name in models:
         _check_name(name)
     torch.set_num_threads(threads)
@@ -333,6 +344,9 @@ def run_benchmark(
                 runners = {}
                 for name in models:
                     try:
+                        if precision not in RUNTIME_PRECISIONS[runtime]:
+                            raise BenchmarkError(f"the {runtime} runtime is timed in "
+                                                 f"{', '.join(RUNTIME_PRECISIONS[runtime])}, not {precision}")
                         if why:
                             raise BenchmarkError(f"{why}: {precision} would run emulated, slower than fp32")
                         runners[name] = _Runner(name, runtime, device, threads, Path(workdir), task, fpn_channels,

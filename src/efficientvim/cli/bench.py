@@ -48,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device",
                    help="cpu, or cuda; default: cuda when a GPU is present")
     p.add_argument("--precision", type=_csv(str), default=None,
-                   help="comma-separated: fp32, bf16, fp16 (default: fp32 on CPU, fp16 on CUDA); fused models are "
-                   "fused in it, the others converted (CPU) or autocast (CUDA); the GEMM bound of each is measured")
+                   help="comma-separated: fp32, bf16, fp16 (eager, compile), int8 (onnxruntime: static QDQ "
+                   "quantization) (default: fp32 on CPU, fp16 on CUDA); fused models are fused in it, the others "
+                   "converted (CPU) or autocast (CUDA); the GEMM bound of each float precision is measured")
     p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls per model and setting")
     p.add_argument("--repeats", type=positive_int, default=10,
                    help="timed calls per model and setting (median reported)")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     machine = machine_description(args.device)
     bounds = {p: round(gemm_bound(p, args.device, args.threads), 1) for p in precisions
-              if native_precision(PRECISIONS[p], args.device) is None}
+              if p != "int8" and native_precision(PRECISIONS[p], args.device) is None}
     meta = dict(machine=machine, device=args.device, threads=args.threads, torch=torch.__version__,
                 python=platform.python_version(), warmup=args.warmup, repeats=args.repeats, task=args.task,
                 fpn_channels=args.fpn_channels if args.task == "dense" else None,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} {r.resolution:5d} {r.batch_size:5d} "
               f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>8s} {rate:>8s} {share:>8s}")  # fmt: skip
     if bounds:
-        print("GEMM bound (2048^3 matrix product, the faster library): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items()))
+        rates = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items())
+        print(f"GEMM bound (2048^3 matrix product, the faster library): {rates}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

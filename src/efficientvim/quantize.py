@@ -1,0 +1,138 @@
+"""int8 ONNX models by post-training static quantization in ONNX Runtime, calibrated on real images.
+
+``export_onnx_int8(model, path, calibration=FOLDER)`` writes the fused model as float32 ONNX (the one
+writer, :func:`efficientvim.export.write_onnx`), runs the images of ``calibration`` (any folder of
+images, searched recursively; default: the training split of the digits bundled with scikit-learn)
+through it with the model's own preprocessing to find each tensor's range, and writes a QDQ model:
+weights int8 per output channel, activations uint8 per tensor (the U8S8 form x86 CPUs with VNNI run
+fastest), convolutions, matrix products and the head quantized, LayerNorm and softmax kept in float32.
+The file keeps the float32 export's metadata (preprocessing, class names) plus ``precision: int8``, so
+:class:`efficientvim.onnx_predictor.OnnxPredictor` runs it unchanged.
+
+Quantization moves logits by more than float rounding: instead of a tolerance the export reports the
+top-1 agreement with the float32 PyTorch model on images it was not calibrated on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import EfficientViMError, ExportError, import_extra
+
+# ops quantized: what carries the multiply-adds; LayerNorm, softmax, SiLU and the sums stay float32
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+CALIBRATION_IMAGES = 256  # images run for the ranges: enough for min/max to settle, a few seconds
+CHECK_IMAGES = 64  # held-out images the int8 model's top-1 is compared on
+
+
+def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count: int, skip: int = 0
+                       ) -> list[torch.Tensor]:
+    """``count`` preprocessed images (C, H, W) from ``folder`` (evenly spread over its sorted files, after
+    the first ``skip`` of that spread), or from the digits' training split when ``folder`` is None."""
+    from .images import read_image
+    from .predict import expand_inputs, make_transform
+
+    transform = make_transform(model)
+    if folder is None:
+        from .data import DigitsDataset
+
+        digits = DigitsDataset("train")
+        picks = _spread(len(digits), count + skip)[skip:]
+        return [transform(digits.images[i]) for i in picks]
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EfficientViMError(f"calibration folder {folder} not found: pass a folder of images")
+    paths = expand_inputs([folder])
+    if len(paths) < 2:
+        raise EfficientViMError(f"calibration folder {folder} holds {len(paths)} images: give it at least 2 "
+                                f"(a few hundred typical ones are best)")
+    picks = _spread(len(paths), count + skip)[skip:]
+    return [transform(read_image(paths[i])) for i in picks]
+
+
+def _spread(n: int, count: int) -> list[int]:
+    """Up to ``count`` indices spread evenly over range(n), in a fixed order."""
+    if count >= n:
+        return list(range(n))
+    return [int(i * n / count) for i in range(count)]
+
+
+def _batches(images: Sequence[torch.Tensor], size: int = 16) -> Iterator[np.ndarray]:
+    for i in range(0, len(images), size):
+        yield torch.stack(images[i : i + size]).numpy()
+
+
+def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, batches: Iterator[np.ndarray]) -> None:
+    """Static QDQ quantization of an ONNX file whose input is ``images``, calibrated on ``batches``."""
+    quant = import_extra("onnxruntime.quantization", "onnx", "int8 quantization")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(quant.CalibrationDataReader):
+        def get_next(self):
+            batch = next(batches, None)
+            return None if batch is None else {"images": batch}
+
+    prepared = Path(int8_path).with_suffix(".prepared.onnx")
+    quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
+    try:
+        quant.quantize_static(
+            str(prepared), str(int8_path), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+        activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=quant.CalibrationMethod.MinMax,
+        )  # fmt: skip
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def export_onnx_int8(
+    model: nn.Module,
+    path: str | os.PathLike,
+    calibration: str | os.PathLike | None = None,
+    count: int = CALIBRATION_IMAGES,
+    opset: int | None = None,
+) -> dict:
+    """Write ``model`` as an int8 QDQ ONNX file calibrated on ``calibration``; return what was checked:
+    ``calibration_images``, ``checked_images`` and ``top1_agreement`` (%) with the float32 PyTorch model."""
+    onnx = import_extra("onnx", "onnx", "ONNX export")
+    ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
+    from .export import MIN_OPSET, _metadata, _prepare, write_onnx
+
+    reference, graph = _prepare(model)
+    if not getattr(reference, "num_classes", 0):
+        raise ExportError("int8 export checks top-1 agreement: it takes a classifier with classes")
+    images = calibration_images(reference, calibration, count)
+    held_out = calibration_images(reference, calibration, CHECK_IMAGES, skip=len(images))
+    if not held_out:  # a small folder: check on what there is
+        held_out = images[:CHECK_IMAGES]
+    path = Path(path)
+    size = tuple(images[0].shape[-2:])
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        write_onnx(graph, fp32, size, opset or MIN_OPSET)
+        int8 = Path(tmp) / "int8.onnx"
+        quantize_onnx(fp32, int8, _batches(images))
+        proto = onnx.load(str(int8))
+    meta = {**_metadata(reference), "precision": json.dumps("int8"),
+            "calibration": json.dumps(f"{len(images)} images of {calibration or 'the digits training split'}")}
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    agree = 0
+    for batch in _batches(held_out):
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(batch)).argmax(1).numpy()
+        got = session.run(None, {"images": batch})[0].argmax(1)
+        agree += int((got == expected).sum())
+    return dict(calibration_images=len(images), checked_images=len(held_out),
+                top1_agreement=100.0 * agree / len(held_out))

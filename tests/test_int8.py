@@ -1,0 +1,89 @@
+"""int8 ONNX export on real data: a digits model trained here, calibrated on its train split, scored on val.
+
+The issue's bound (drop <= 0.5 pt) is measured on the full `make train` model in docs/benchmarks.md
+(99.72% -> 99.72%); this run is 6 epochs (about 92% top-1) to keep the suite short, and a weaker model
+sits closer to its decision boundaries, so it is held to 1 point and 97% agreement (measured: 0.3 pt, 98.3%).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import efficientvim as ev
+from efficientvim.cli import main
+from efficientvim.data import DigitsDataset
+from efficientvim.predict import make_transform
+
+ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--epochs", "6", "--workers", "0", "--output", str(out / "run")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_int8_export_keeps_the_digits_accuracy(digits_model, capsys):
+    best, path = digits_model / "run" / "best.safetensors", digits_model / "int8.onnx"
+    capsys.readouterr()
+    argv = ["export", "--checkpoint", str(best), "--format", "onnx", "--precision", "int8", "-o", str(path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "int8 QDQ" in printed and "calibrated on 256 images" in printed
+    model = ev.load_model(best).eval()
+    val = DigitsDataset("val", make_transform(model))
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = np.array(val.targets)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        fp32 = model(x).argmax(1).numpy()
+    int8 = session.run(None, {"images": x.numpy()})[0].argmax(1)
+    top1_fp32, top1_int8 = 100 * (fp32 == y).mean(), 100 * (int8 == y).mean()
+    assert top1_fp32 >= 80.0  # a trained model, or the comparison means nothing
+    assert top1_int8 >= top1_fp32 - 1.0
+    assert 100 * (int8 == fp32).mean() >= 97.0
+    # the file says what it is and keeps the preprocessing and class names for OnnxPredictor
+    import onnx
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    assert meta["precision"] == "int8" and meta["label_names"] == [str(d) for d in range(10)]
+    assert meta["calibration"] == "256 images of the digits training split"
+    quantized = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "LayerNormalization", "Softmax"} <= quantized
+
+
+def test_int8_calibrates_on_a_folder_and_reports_mistakes(digits_model, tmp_path, capsys):
+    from PIL import Image
+
+    best = digits_model / "run" / "best.safetensors"
+    folder = tmp_path / "calib" / "nested"
+    folder.mkdir(parents=True)
+    digits = DigitsDataset("train")
+    for i in range(40):
+        digits.images[i].save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    Image.new("RGB", (5, 5)).save(tmp_path / "calib" / "small.jpg")
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(best), "--format", "onnx", "--precision", "int8", "-o", str(out)]
+    assert main([*argv, "--calibration", str(tmp_path / "calib")]) == 0
+    assert "calibrated on 41 images" in capsys.readouterr().out
+    for extra, message in [
+        (["--calibration", str(tmp_path / "nope")], "calibration folder"),
+        (["--format", "torchscript"], "--precision int8 is written as ONNX"),
+    ]:
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    fp32 = ["export", "--checkpoint", str(best), "--format", "onnx", "-o", str(out), "--calibration", str(folder)]
+    assert main(fp32) == 2
+    assert "--calibration applies to --precision int8 only" in capsys.readouterr().err
