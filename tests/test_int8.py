@@ -1,4 +1,5 @@
-"""int8 ONNX export on real data: a digits model trained here, calibrated on its train split, scored on val.
+"""Low precision on real data: a digits model trained here; int8 ONNX calibrated on its train split and
+scored on val, and eval / predict running the fused model in bf16.
 
 The issue's bound (drop <= 0.5 pt) is measured on the full `make train` model in docs/benchmarks.md
 (99.72% -> 99.72%); this run is 6 epochs (about 92% top-1) to keep the suite short, and a weaker model
@@ -87,3 +88,22 @@ def test_int8_calibrates_on_a_folder_and_reports_mistakes(digits_model, tmp_path
     fp32 = ["export", "--checkpoint", str(best), "--format", "onnx", "-o", str(out), "--calibration", str(folder)]
     assert main(fp32) == 2
     assert "--calibration applies to --precision int8 only" in capsys.readouterr().err
+
+
+def test_eval_and_predict_run_the_fused_model_in_the_asked_precision(digits_model, capsys, monkeypatch, tmp_path):
+    best = str(digits_model / "run" / "best.safetensors")
+    tops = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["eval", "--checkpoint", best, "--workers", "0", "--precision", precision]) == 0
+        line = capsys.readouterr().out
+        tops[precision] = float(line.split("top-1 ")[1].split("%")[0])
+    assert abs(tops["bf16"] - tops["fp32"]) <= 1.0
+    # a device without native bf16: fp32, said in one line
+    import efficientvim.kernels
+
+    monkeypatch.setattr(efficientvim.kernels, "native_precision", lambda dtype, device: "no bf16 here (test)")
+    DigitsDataset("val").images[0].save(tmp_path / "digit.png")
+    assert main(["predict", str(tmp_path / "digit.png"), "--checkpoint", best, "--precision", "bf16"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "note: no bf16 here (test): running fp32, which is faster here\n"
+    assert captured.out.startswith(str(tmp_path / "digit.png"))

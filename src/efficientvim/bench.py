@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .deploy import fuse
+from .deploy import PRECISION_DTYPES, fuse
 from .errors import EfficientViMError, UnknownModelError, import_extra
 from .export import EXPORT_LAYOUT, write_onnx
 from .kernels import native_precision
@@ -39,7 +39,7 @@ from .registry import create_model, list_models, model_config
 RUNTIMES = ("eager", "compile", "onnxruntime")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
 # CUDA: fused models fused in it, the others under torch.autocast
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+PRECISIONS = {**PRECISION_DTYPES, "int8": torch.int8}
 # the precisions each runtime is timed in; int8: ONNX Runtime's static QDQ quantization (efficientvim.quantize)
 RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16", "fp16"), "compile": ("fp32", "bf16", "fp16"),
                       "onnxruntime": ("fp32", "int8")}

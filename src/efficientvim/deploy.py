@@ -456,6 +456,7 @@ class FusedEfficientViMFeatures(_FusedTrunk):
 
 
 LAYOUTS = ("channels_last", "channels_first")
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import glob
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -108,23 +109,44 @@ def top_k(logits: torch.Tensor, k: int, names: Sequence[str]) -> list[list[dict]
     ]
 
 
-def check_images(model: nn.Module, paths: Sequence[Path]) -> None:
+def decode_threads() -> int:
+    """Threads that decode and preprocess images next to the model: Pillow's decoders and resampling
+    release the GIL, so each thread runs on its own core (at most 4: beyond, the model is the bound)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def check_images(model: nn.Module, paths: Sequence[Path], threads: int | None = None) -> None:
     """Read every file once, so that a bad one stops a run before any work is done or output printed."""
     min_side = min_image_side(model)
-    for path in paths:
-        load_image(path, min_side)
+    with ThreadPoolExecutor(threads or decode_threads()) as pool:
+        for _ in pool.map(lambda p: load_image(p, min_side).size, paths):  # the first bad file raises here
+            pass
 
 
 @torch.no_grad()
-def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_size: int = 16) -> Iterable[dict]:
-    """Yield ``{"image": path, "predictions": [...]}`` per file, in order (``check_images`` first to fail early)."""
+def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_size: int = 16,
+                   threads: int | None = None) -> Iterable[dict]:
+    """Yield ``{"image": path, "predictions": [...]}`` per file, in order (``check_images`` first to fail early).
+
+    ``model`` may be fused (:func:`efficientvim.fuse`, any dtype). Images are decoded and preprocessed by
+    ``threads`` threads (default :func:`decode_threads`), one batch each, ahead of the model."""
     min_side = min_image_side(model)
     model.eval()
     transform = make_transform(model)
     names = class_names(model)
     param = next(model.parameters())
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        batch = torch.stack([transform(load_image(p, min_side)) for p in chunk]).to(param.device, param.dtype)
-        for path, preds in zip(chunk, top_k(model(batch), k, names)):
-            yield dict(image=str(path), predictions=preds)
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+
+    def prepare(chunk: Sequence[Path]) -> torch.Tensor:
+        return torch.stack([transform(load_image(p, min_side)) for p in chunk])
+
+    threads = threads or decode_threads()
+    with ThreadPoolExecutor(threads) as pool:
+        # one batch per thread in flight: the next batches are read while the model runs
+        pending = [pool.submit(prepare, c) for c in chunks[:threads]]
+        for i, chunk in enumerate(chunks):
+            batch = pending[i].result().to(param.device)
+            if i + threads < len(chunks):
+                pending.append(pool.submit(prepare, chunks[i + threads]))
+            for path, preds in zip(chunk, top_k(model(batch), k, names)):
+                yield dict(image=str(path), predictions=preds)

@@ -117,6 +117,30 @@ def model_from_args(args: argparse.Namespace):
     return create_model(args.model, checkpoint=args.checkpoint).eval()
 
 
+def resolve_precision(precision: str, device: str | None = None) -> str:
+    """``precision`` if ``device`` (default: the GPU if any, else the CPU) runs it natively, else fp32 with a
+    one-line note on stderr saying why (emulated bf16 would be slower than fp32)."""
+    import torch
+
+    from ..deploy import PRECISION_DTYPES
+    from ..kernels import native_precision
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    why = native_precision(PRECISION_DTYPES[precision], device)
+    if why:
+        print(f"note: {why}: running fp32, which is faster here", file=sys.stderr)
+        return "fp32"
+    return precision
+
+
+def fused_for(model, precision: str = "fp32"):
+    """The inference copy of ``model`` a command runs: fused (``efficientvim.fuse``) in ``precision``."""
+    from ..deploy import PRECISION_DTYPES, fuse
+
+    param = next(model.parameters())
+    return fuse(model, dtype=PRECISION_DTYPES[resolve_precision(precision, param.device.type)])
+
+
 def has_random_weights(args: argparse.Namespace) -> bool:
     """True when neither a checkpoint nor a weights tag (``efficientvim_m2.e450_in1k``) was given."""
     from ..hub import is_source
