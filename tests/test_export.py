@@ -185,3 +185,39 @@ def test_export_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path,
     assert code == 2
     assert err.startswith("efficientvim export: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_openvino_export_matches_pytorch_with_dynamic_sizes_and_keeps_the_metadata(tmp_path):
+    ov = pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    model = randomize_(efficientvim.create_model("efficientvim_m1_dist", num_classes=3, **TINY)).eval()
+    model.pretrained_cfg["label_names"] = ["cat", "dog", "fox"]
+    from efficientvim.export import export_openvino
+
+    report = export_openvino(model, tmp_path / "m.xml", img_size=64)
+    assert report["error"] <= 1e-4 and (tmp_path / "m.bin").is_file()
+    read = ov.Core().read_model(str(tmp_path / "m.xml"))
+    assert json.loads(read.get_rt_info(["efficientvim", "label_names"]).astype(str)) == ["cat", "dog", "fox"]
+    assert read.inputs[0].get_partial_shape().is_dynamic
+    compiled = ov.Core().compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.randn(3, 3, 96, 160)  # another batch and a non-square size than the export's checks
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = compiled(x.numpy())[compiled.outputs[0]]
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
+    with pytest.raises(efficientvim.EfficientViMError, match=r"an OpenVINO model is an .xml file .*name it m.xml"):
+        export_openvino(model, tmp_path / "m.bin")
+
+
+def test_openvino_int8_and_a_missing_extra_through_the_command(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    model = randomize_(efficientvim.create_model("efficientvim_m1", num_classes=10, **TINY)).eval()
+    path = efficientvim.save_weights(model, tmp_path / "w.safetensors")
+    argv = ["export", "--checkpoint", str(path), "--format", "openvino", "--precision", "int8", "-o",
+            str(tmp_path / "q.xml")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "int8 QDQ ONNX" in out and "% of 64 held-out images (OpenVINO's CPU runtime)" in out
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main([*argv[:-1], str(tmp_path / "again.xml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs openvino, which is not installed: pip install 'efficientvim[openvino]'")

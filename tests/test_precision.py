@@ -8,6 +8,7 @@ the depth). Nothing here is timed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -143,5 +144,10 @@ def test_bench_times_each_precision_or_says_why_not(tmp_path, capsys):
                          warmup=0, repeats=1, precisions=["bf16", "int8"], progress=False)
     assert rows[0].error == "BenchmarkError: the onnxruntime runtime is timed in fp32, int8, not bf16"
     assert rows[1].precision == "int8" and rows[1].error is None and rows[1].images_per_s > 0
+    if ev.kernels.BF16_NATIVE and importlib.util.find_spec("openvino"):
+        rows = run_benchmark(["efficientvim_m1+fuse"], ["openvino"], resolutions=[64], batch_sizes=[1], threads=1,
+                             warmup=0, repeats=1, precisions=["fp32", "bf16", "int8", "fp16"], progress=False)
+        assert [(r.precision, r.error) for r in rows[:3]] == [("fp32", None), ("bf16", None), ("int8", None)]
+        assert rows[3].error.startswith("BenchmarkError: the openvino runtime is timed in fp32, bf16, int8")
     assert main([*argv[:5], "--precision", "int4", "-o", str(tmp_path)]) == 2
     assert "--precision int4: choose from fp32, bf16, fp16, int8" in capsys.readouterr().err

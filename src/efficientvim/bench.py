@@ -36,13 +36,14 @@ from .export import EXPORT_LAYOUT, write_onnx
 from .kernels import native_precision
 from .registry import create_model, list_models, model_config
 
-RUNTIMES = ("eager", "compile", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
 # CUDA: fused models fused in it, the others under torch.autocast
 PRECISIONS = {**PRECISION_DTYPES, "int8": torch.int8}
 # the precisions each runtime is timed in; int8: ONNX Runtime's static QDQ quantization (efficientvim.quantize)
 RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16", "fp16"), "compile": ("fp32", "bf16", "fp16"),
-                      "onnxruntime": ("fp32", "int8")}
+                      "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+FILE_RUNTIMES = ("onnxruntime", "openvino")  # time an exported file (the fused NCHW graph), not PyTorch
 # classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
 # latency protocol (512 x 512, batch 32)
 TASKS = ("classification", "dense")
@@ -156,7 +157,9 @@ def build_model(
     else:
         model = create_model(model_family(name), **dense).eval()
         if name.endswith(FUSE_SUFFIX):
-            model = fuse(model, layout=EXPORT_LAYOUT if runtime == "onnxruntime" else "channels_last", dtype=dtype)
+            file = runtime in FILE_RUNTIMES
+            layout = EXPORT_LAYOUT if file else "channels_last"
+            model = fuse(model, layout=layout, dtype=torch.float32 if file else dtype)
     if task == "dense":
         model = BackboneFPN(model, model.feature_info.channels(), fpn_channels).eval()
     return model
@@ -172,9 +175,11 @@ class _Runner:
         self.dtype = PRECISIONS[precision] if precision != "int8" else torch.float32
         model = build_model(name, runtime, task, fpn_channels, self.dtype).to(device)
         # low precision: CUDA autocasts what is not fused in it; CPU converts it (autocast's per-call weight
-        # casts would be timed too, which a deployed bf16 model does not pay)
+        # casts would be timed too, which a deployed bf16 model does not pay); runtimes of files run their own
         self.autocast = device.startswith("cuda") and self.dtype != torch.float32 and not name.endswith(FUSE_SUFFIX)
-        if not self.autocast and self.dtype != torch.float32:
+        if runtime in FILE_RUNTIMES:
+            self.dtype = torch.float32  # the file takes float32 images whatever it computes in
+        elif not self.autocast and self.dtype != torch.float32:
             model = model.to(self.dtype)
         self.model = model
         self.device = device
@@ -185,12 +190,13 @@ class _Runner:
             self.run = torch.compile(model, dynamic=False)
         elif runtime == "onnxruntime":
             self.run = self._onnx(model, name, threads, workdir)
+        elif runtime == "openvino":
+            self.run = self._openvino(model, name, threads, workdir)
         else:
             raise BenchmarkError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
 
-    def _onnx(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
-
-        ort = import_extra("onnxruntime", "onnx", "The onnxruntime benchmark runtime")
+    def _onnx_file(self, model: nn.Module, name: str, workdir: Path) -> Path:
+        """The model as ONNX (int8: quantized), written once per run and shared by the file runtimes."""
         path = onnx_path(name, workdir)
         if self.precision == "int8":
             path = path.with_suffix(".int8.onnx")
@@ -204,6 +210,11 @@ class _Runner:
             quantize_onnx(fp32, path, (torch.stack(images[i : i + 16]).numpy() for i in range(0, 32, 16)))
         elif not path.exists():
             write_onnx(model.cpu(), path)
+        return path
+
+    def _onnx(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
+        ort = import_extra("onnxruntime", "onnx", "The onnxruntime benchmark runtime")
+        path = self._onnx_file(model, name, workdir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -212,6 +223,16 @@ class _Runner:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: x.numpy()})
+
+    def _openvino(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
+        ov = import_extra("openvino", "openvino", "The openvino benchmark runtime")
+        path = self._onnx_file(model, name, workdir)
+        # OpenVINO picks bf16 by itself on CPUs that have it: the hint says which precision is timed
+        hint = "bf16" if self.precision == "bf16" else "f32"
+        compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({0: x.numpy()})
 
     def macs(self, size: int) -> int | None:
         """Multiply-adds per image at ``size``, counted on the unfused float32 model (the fused one computes
@@ -253,8 +274,8 @@ class _Runner:
         """Peak memory one call allocates beyond the weights: CUDA allocator peak, or on CPU the
         running sum of tensor allocations and frees recorded by the PyTorch profiler (eager graph,
         steady state: a first, unrecorded call does any one-off work such as packing weights)."""
-        if runtime == "onnxruntime":
-            return None  # ONNX Runtime allocates outside PyTorch's view
+        if runtime in FILE_RUNTIMES:
+            return None  # ONNX Runtime and OpenVINO allocate outside PyTorch's view
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -325,8 +346,9 @@ def run_benchmark(
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad:
         raise BenchmarkError(f"unknown runtime {bad[0]!r}: choose from {', '.join(RUNTIMES)}")
-    if device.startswith("cuda") and "onnxruntime" in runtimes:
-        raise BenchmarkError("the onnxruntime runtime is benchmarked on CPU only: drop it or use --device cpu")
+    if device.startswith("cuda") and set(runtimes) & set(FILE_RUNTIMES):
+        raise BenchmarkError("the onnxruntime and openvino runtimes are benchmarked on CPU only: drop them or use "
+                             "--device cpu")
     precisions = list(precisions or (["fp16"] if device.startswith("cuda") else ["fp32"]))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:

@@ -157,3 +157,51 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int 
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
         loaded = torch.jit.load(str(path))
     return _verify(reference, lambda x: _outputs(loaded(x)), sizes, f"TorchScript export {path}")
+
+
+def export_openvino(
+    model: nn.Module, path: str | os.PathLike, precision: str = "fp32", calibration: str | os.PathLike | None = None,
+    img_size: int | None = None, opset: int = MIN_OPSET,
+) -> dict:
+    """Write ``model`` as OpenVINO IR (``path`` .xml and its .bin) with dynamic batch, height and width.
+
+    Converted from this package's ONNX export (verified first; int8: the QDQ model of
+    :func:`efficientvim.quantize.export_onnx_int8`, which OpenVINO runs as int8), weights kept as exported
+    (OpenVINO would otherwise store them as fp16: 1e-3 off), with the same metadata in the IR's ``rt_info``
+    under ``efficientvim``. Checked in OpenVINO's CPU runtime: fp32 (f32 inference hint) against PyTorch
+    within ``EXPORT_TOLERANCE``; int8 by top-1 agreement with fp32 PyTorch on held-out images.
+    Returns ``{"error": ...}`` or, for int8, the quantization report with OpenVINO's own agreement.
+    """
+    import tempfile
+
+    ov = import_extra("openvino", "openvino", "OpenVINO export")
+    onnx = import_extra("onnx", "onnx", "OpenVINO export (through ONNX)")
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise ExportError(f"an OpenVINO model is an .xml file (with its .bin beside it): name it {path.stem}.xml")
+    reference, _ = _prepare(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        if precision == "int8":
+            from .quantize import export_onnx_int8
+
+            report = export_onnx_int8(model, onnx_file, calibration=calibration, opset=opset)
+        else:
+            export_onnx(model, onnx_file, opset=opset, img_size=img_size)
+            report = {}
+        meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+        converted = ov.convert_model(str(onnx_file))
+    for key, value in meta.items():
+        converted.set_rt_info(value, ["efficientvim", key])
+    ov.save_model(converted, str(path), compress_to_fp16=False)  # the weights stay as exported
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    if precision == "int8":
+        from .quantize import held_out_images, top1_agreement
+
+        images, _ = held_out_images(reference, calibration, report["calibration_images"])
+        report["top1_agreement"] = top1_agreement(reference, lambda b: compiled(b)[compiled.outputs[0]], images)
+        return report
+    sizes = _check_sizes(reference, img_size)
+    error = _verify(reference, lambda x: [compiled(x.numpy())[o] for o in compiled.outputs], sizes,
+                    f"OpenVINO export {path}")
+    return {"error": error}

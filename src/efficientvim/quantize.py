@@ -109,9 +109,7 @@ def export_onnx_int8(
     if not getattr(reference, "num_classes", 0):
         raise ExportError("int8 export checks top-1 agreement: it takes a classifier with classes")
     images = calibration_images(reference, calibration, count)
-    held_out = calibration_images(reference, calibration, CHECK_IMAGES, skip=len(images))
-    if not held_out:  # a small folder: check on what there is
-        held_out = images[:CHECK_IMAGES]
+    held_out, fresh = held_out_images(reference, calibration, len(images))
     path = Path(path)
     size = tuple(images[0].shape[-2:])
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,11 +126,23 @@ def export_onnx_int8(
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(calibration_images=len(images), checked_images=len(held_out), held_out=fresh,
+                top1_agreement=top1_agreement(reference, lambda b: session.run(None, {"images": b})[0], held_out))
+
+
+def held_out_images(model: nn.Module, calibration: str | os.PathLike | None, used: int
+                    ) -> tuple[list[torch.Tensor], bool]:
+    """(images, held out): ``CHECK_IMAGES`` images of ``calibration`` past the ``used`` calibration images, or,
+    in a folder too small to hold any more, its first ones (then not held out)."""
+    fresh = calibration_images(model, calibration, CHECK_IMAGES, skip=used)
+    return (fresh, True) if fresh else (calibration_images(model, calibration, CHECK_IMAGES), False)
+
+
+def top1_agreement(reference: nn.Module, run, images: Sequence[torch.Tensor]) -> float:
+    """Percent of ``images`` on which ``run`` (numpy batch -> logits) and ``reference`` pick the same class."""
     agree = 0
-    for batch in _batches(held_out):
+    for batch in _batches(images):
         with torch.no_grad():
             expected = reference(torch.from_numpy(batch)).argmax(1).numpy()
-        got = session.run(None, {"images": batch})[0].argmax(1)
-        agree += int((got == expected).sum())
-    return dict(calibration_images=len(images), checked_images=len(held_out),
-                top1_agreement=100.0 * agree / len(held_out))
+        agree += int((np.asarray(run(batch)).argmax(1) == expected).sum())
+    return 100.0 * agree / len(images)

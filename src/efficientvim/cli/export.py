@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim models`); "
                    "optional with a --checkpoint that names its architecture")
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
-    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    p.add_argument("--format", choices=("onnx", "torchscript", "openvino"), required=True,
+                   help="openvino: IR .xml + .bin through the verified ONNX export (pip install "
+                   "'efficientvim[openvino]')")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--opset", type=int_at_least(MIN_OPSET, f"{MIN_OPSET} or newer"), default=MIN_OPSET,
                    help=f"ONNX opset (>= {MIN_OPSET})")
@@ -37,20 +39,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output = writable_file(args.output)
-    if args.precision == "int8" and args.format != "onnx":
-        raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format): use --format onnx")
+    if args.precision == "int8" and args.format == "torchscript":
+        raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format) or OpenVINO: "
+                                "use --format onnx or openvino")
     if args.calibration is not None and args.precision != "int8":
         raise EfficientViMError("--calibration applies to --precision int8 only")
     model = model_from_args(args)
     from ..export import export_onnx, export_torchscript
 
+    if args.format == "openvino":
+        from ..export import export_openvino
+
+        report = export_openvino(model, output, args.precision, args.calibration, args.img_size, args.opset)
+        if args.precision == "int8":
+            print(f"wrote {output} and its .bin (OpenVINO IR from int8 QDQ ONNX, dynamic batch/height/width); top-1 "
+                  f"agrees with fp32 PyTorch on {_checked(report)} (OpenVINO's CPU runtime)")
+        else:
+            print(f"wrote {output} and its .bin (OpenVINO IR, fp32, dynamic batch/height/width); max relative error "
+                  f"vs PyTorch in OpenVINO's CPU runtime {report['error']:.1e}")
+        return 0
     if args.precision == "int8":
         from ..quantize import export_onnx_int8
 
         report = export_onnx_int8(model, output, calibration=args.calibration, opset=args.opset)
         print(f"wrote {output} (ONNX opset {args.opset}, int8 QDQ, dynamic batch/height/width), calibrated on "
-              f"{report['calibration_images']} images; top-1 agrees with fp32 PyTorch on "
-              f"{report['top1_agreement']:.1f}% of {report['checked_images']} held-out images")
+              f"{report['calibration_images']} images; top-1 agrees with fp32 PyTorch on {_checked(report)}")
         return 0
     if args.format == "onnx":
         error = export_onnx(model, output, opset=args.opset, img_size=args.img_size)
@@ -60,3 +73,8 @@ def run(args: argparse.Namespace) -> int:
         what = "TorchScript"
     print(f"wrote {output} ({what}, dynamic batch/height/width); max relative error vs PyTorch {error:.1e}")
     return 0
+
+
+def _checked(report: dict) -> str:
+    which = "held-out images" if report["held_out"] else "calibration images (the folder holds no others)"
+    return f"{report['top1_agreement']:.1f}% of {report['checked_images']} {which}"
