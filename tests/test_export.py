@@ -221,3 +221,21 @@ def test_openvino_int8_and_a_missing_extra_through_the_command(tmp_path, monkeyp
     assert main([*argv[:-1], str(tmp_path / "again.xml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("needs openvino, which is not installed: pip install 'efficientvim[openvino]'")
+
+
+def test_executorch_export_runs_in_executorch_and_matches_pytorch(tmp_path, capsys):
+    pytest.importorskip("executorch", reason="the [executorch] extra is not installed")
+    model = randomize_(efficientvim.create_model("efficientvim_m1", num_classes=10, **TINY)).eval()
+    path = efficientvim.save_weights(model, tmp_path / "w.safetensors")
+    argv = ["export", "--checkpoint", str(path), "--format", "executorch", "--img-size", "64"]
+    assert main([*argv, "-o", str(tmp_path / "m.pte")]) == 0
+    out = capsys.readouterr().out
+    error = float(out.rsplit(" ", 1)[1])
+    assert error <= 1e-4 and "input fixed at batch 1" in out
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["input_shape"] == [1, 3, 64, 64] and meta["precision"] == "fp32"
+    assert main([*argv, "--precision", "int8", "-o", str(tmp_path / "q.pte")]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 256 images" in out and "% of 64 held-out images (ExecuTorch's runtime)" in out
+    assert main([*argv, "-o", str(tmp_path / "m.bin")]) == 2
+    assert "an ExecuTorch program is a .pte file: name it m.pte" in capsys.readouterr().err

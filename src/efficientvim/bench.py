@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -32,7 +30,7 @@ from torch import nn
 
 from .deploy import PRECISION_DTYPES, fuse
 from .errors import EfficientViMError, UnknownModelError, import_extra
-from .export import EXPORT_LAYOUT, write_onnx
+from .export import EXPORT_LAYOUT, native_stderr_silenced, write_onnx
 from .kernels import native_precision
 from .registry import create_model, list_models, model_config
 
@@ -284,7 +282,7 @@ class _Runner:
             return (torch.cuda.max_memory_allocated() - base) / 2**20
         with torch.inference_mode():
             self.model(x)  # steady state: one-off work of a first call (packing weights) is not counted
-            with _native_stderr_silenced(), torch.profiler.profile(profile_memory=True) as prof:
+            with native_stderr_silenced(), torch.profiler.profile(profile_memory=True) as prof:
                 self.model(x)
         events = sorted((e for e in prof.events() if e.cpu_parent is None), key=lambda e: e.time_range.start)
         running = peak = 0
@@ -292,22 +290,6 @@ class _Runner:
             running += e.cpu_memory_usage
             peak = max(peak, running)
         return peak / 2**20
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """File descriptor 2 sent to /dev/null: the profiler's C++ side (Kineto) prints start/stop trace
-    lines and, on machines without a GPU, a CUDA device-count error that no setting turns off."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def median_ratio(base: Sequence[float], times: Sequence[float]) -> float:

@@ -10,9 +10,11 @@ needs nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,22 @@ EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
 MIN_OPSET = 17
 EXPORT_LAYOUT = "channels_first"  # ONNX has no strided views: NCHW avoids a transpose around every conv
 METADATA_KEYS = ("model_name", "input_size", "mean", "std", "crop_pct", "interpolation", "label_names")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 sent to /dev/null: native libraries that print what no setting turns off (the
+    PyTorch profiler's Kineto lines, ExecuTorch's CPU probing) stay quiet; Python errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:
@@ -205,3 +223,73 @@ def export_openvino(
     error = _verify(reference, lambda x: [compiled(x.numpy())[o] for o in compiled.outputs], sizes,
                     f"OpenVINO export {path}")
     return {"error": error}
+
+
+def export_executorch(
+    model: nn.Module, path: str | os.PathLike, img_size: int | None = None, precision: str = "fp32",
+    calibration: str | os.PathLike | None = None,
+) -> dict:
+    """Write ``model`` (fused, NCHW formulation) as an ExecuTorch program with the XNNPACK delegate.
+
+    The input shape is fixed, batch 1 at the model's size (or ``img_size``): XNNPACK lowering of this graph
+    refused symbolic batch and image sizes. ``precision="int8"``: PyTorch 2 export quantization with
+    XNNPACK's quantizer (per-channel symmetric int8 weights, int8 activations), calibrated on
+    ``calibration`` as :mod:`efficientvim.quantize` reads it. Checked in ExecuTorch's own runtime: fp32
+    against PyTorch within ``EXPORT_TOLERANCE`` (``{"error": ...}``), int8 by top-1 agreement with fp32
+    PyTorch on held-out images. Programs hold no free-form metadata: it is written beside as ``.json``.
+    """
+    with native_stderr_silenced():  # torchao, imported by executorch, logs a deprecation note of torch's
+        import_extra("executorch", "executorch", "ExecuTorch export")
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+
+    path = Path(path)
+    if path.suffix != ".pte":
+        raise ExportError(f"an ExecuTorch program is a .pte file: name it {path.stem}.pte")
+    reference, graph = _prepare(model)
+    _, height, width = _check_sizes(reference, img_size)[0]
+    sample = torch.zeros(1, reference.in_chans, height, width)
+    report: dict = {}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(graph, (sample,))
+        if precision == "int8":
+            from .quantize import CALIBRATION_IMAGES, calibration_images
+
+            images = calibration_images(reference, calibration, CALIBRATION_IMAGES, size=(height, width))
+            program = torch.export.export(_pt2e_int8(program.module(), images), (sample,))
+            report["calibration_images"] = len(images)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(lowered.buffer)
+    meta = {k: json.loads(v) for k, v in _metadata(reference).items()}
+    meta.update(input_shape=list(sample.shape), precision=precision)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    with native_stderr_silenced():  # the runtime's CPU probing prints to stderr on every machine
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+    if precision == "int8":
+        from .quantize import held_out_images, top1_agreement
+
+        def run(batch: np.ndarray) -> np.ndarray:  # the program takes one image at a time
+            return np.concatenate([method.execute([torch.from_numpy(x[None])])[0].numpy() for x in batch])
+
+        check, fresh = held_out_images(reference, calibration, report["calibration_images"], (height, width))
+        return {**report, "checked_images": len(check), "held_out": fresh,
+                "top1_agreement": top1_agreement(reference, run, check)}
+    sizes = [(1, height, width), (1, height, width)]
+    return {"error": _verify(reference, lambda x: _outputs(method.execute([x])), sizes, f"ExecuTorch export {path}")}
+
+
+def _pt2e_int8(graph: nn.Module, images: list[torch.Tensor]) -> nn.Module:
+    """PyTorch 2 export quantization of an exported graph for XNNPACK, calibrated image by image."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    for image in images:
+        prepared(image[None])
+    return convert_pt2e(prepared)

@@ -33,14 +33,20 @@ CALIBRATION_IMAGES = 256  # images run for the ranges: enough for min/max to set
 CHECK_IMAGES = 64  # held-out images the int8 model's top-1 is compared on
 
 
-def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count: int, skip: int = 0
-                       ) -> list[torch.Tensor]:
+def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count: int, skip: int = 0,
+                       size: tuple[int, int] | None = None) -> list[torch.Tensor]:
     """``count`` preprocessed images (C, H, W) from ``folder`` (evenly spread over its sorted files, after
-    the first ``skip`` of that spread), or from the digits' training split when ``folder`` is None."""
-    from .images import read_image
-    from .predict import expand_inputs, make_transform
+    the first ``skip`` of that spread), or from the digits' training split when ``folder`` is None; at the
+    model's input size, or ``size`` (height, width)."""
+    from timm.data import create_transform, resolve_model_data_config
 
-    transform = make_transform(model)
+    from .images import read_image
+    from .predict import expand_inputs
+
+    config = resolve_model_data_config(model)
+    if size is not None:
+        config["input_size"] = (config["input_size"][0], *size)
+    transform = create_transform(**config)
     if folder is None:
         from .data import DigitsDataset
 
@@ -130,12 +136,12 @@ def export_onnx_int8(
                 top1_agreement=top1_agreement(reference, lambda b: session.run(None, {"images": b})[0], held_out))
 
 
-def held_out_images(model: nn.Module, calibration: str | os.PathLike | None, used: int
-                    ) -> tuple[list[torch.Tensor], bool]:
+def held_out_images(model: nn.Module, calibration: str | os.PathLike | None, used: int,
+                    size: tuple[int, int] | None = None) -> tuple[list[torch.Tensor], bool]:
     """(images, held out): ``CHECK_IMAGES`` images of ``calibration`` past the ``used`` calibration images, or,
     in a folder too small to hold any more, its first ones (then not held out)."""
-    fresh = calibration_images(model, calibration, CHECK_IMAGES, skip=used)
-    return (fresh, True) if fresh else (calibration_images(model, calibration, CHECK_IMAGES), False)
+    fresh = calibration_images(model, calibration, CHECK_IMAGES, skip=used, size=size)
+    return (fresh, True) if fresh else (calibration_images(model, calibration, CHECK_IMAGES, size=size), False)
 
 
 def top1_agreement(reference: nn.Module, run, images: Sequence[torch.Tensor]) -> float:

@@ -21,9 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim models`); "
                    "optional with a --checkpoint that names its architecture")
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
-    p.add_argument("--format", choices=("onnx", "torchscript", "openvino"), required=True,
-                   help="openvino: IR .xml + .bin through the verified ONNX export (pip install "
-                   "'efficientvim[openvino]')")
+    p.add_argument("--format", choices=("onnx", "torchscript", "openvino", "executorch"), required=True,
+                   help="openvino: IR .xml + .bin through the verified ONNX export ('efficientvim[openvino]'); "
+                   "executorch: a .pte with the XNNPACK delegate, batch 1 at a fixed size ('efficientvim[executorch]')")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--opset", type=int_at_least(MIN_OPSET, f"{MIN_OPSET} or newer"), default=MIN_OPSET,
                    help=f"ONNX opset (>= {MIN_OPSET})")
@@ -40,13 +40,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     output = writable_file(args.output)
     if args.precision == "int8" and args.format == "torchscript":
-        raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format) or OpenVINO: "
-                                "use --format onnx or openvino")
+        raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format), OpenVINO or "
+                                "ExecuTorch: use --format onnx, openvino or executorch")
     if args.calibration is not None and args.precision != "int8":
         raise EfficientViMError("--calibration applies to --precision int8 only")
     model = model_from_args(args)
     from ..export import export_onnx, export_torchscript
 
+    if args.format == "executorch":
+        from ..export import export_executorch
+
+        report = export_executorch(model, output, args.img_size, args.precision, args.calibration)
+        what = f"wrote {output} (ExecuTorch, XNNPACK delegate, {args.precision}, input fixed at batch 1) and " \
+               f"its metadata {output.with_suffix('.json')}"
+        if args.precision == "int8":
+            print(f"{what}; calibrated on {report['calibration_images']} images; top-1 agrees with fp32 PyTorch "
+                  f"on {_checked(report)} (ExecuTorch's runtime)")
+        else:
+            print(f"{what}; max relative error vs PyTorch in ExecuTorch's runtime {report['error']:.1e}")
+        return 0
     if args.format == "openvino":
         from ..export import export_openvino
 
