@@ -239,3 +239,31 @@ def test_executorch_export_runs_in_executorch_and_matches_pytorch(tmp_path, caps
     assert "calibrated on 256 images" in out and "% of 64 held-out images (ExecuTorch's runtime)" in out
     assert main([*argv, "-o", str(tmp_path / "m.bin")]) == 2
     assert "an ExecuTorch program is a .pte file: name it m.pte" in capsys.readouterr().err
+
+
+def test_coreml_export_converts_with_standard_ops_and_metadata(tmp_path, capsys):
+    ct = pytest.importorskip("coremltools", reason="the [coreml] extra is not installed")
+    import collections
+    import platform
+
+    model = randomize_(efficientvim.create_model("efficientvim_m1", num_classes=10, **TINY)).eval()
+    path = efficientvim.save_weights(model, tmp_path / "w.safetensors")
+    out = tmp_path / "m.mlpackage"
+    argv = ["export", "--checkpoint", str(path), "--format", "coreml", "--img-size", "64", "-o", str(out)]
+    assert main(argv) == 0 and main(argv) == 0  # a second export replaces the package
+    printed = capsys.readouterr().out
+    if platform.system() != "Darwin":
+        assert printed.strip().endswith("converted but not checked: Core ML predicts on macOS only")
+    package = ct.models.MLModel(str(out), skip_model_load=True)
+    assert json.loads(package.user_defined_metadata["input_size"]) == [3, 224, 224]
+    assert json.loads(package.user_defined_metadata["precision"]) == "fp32"
+    spec = package.get_spec()
+    ops = collections.Counter(op.type for f in spec.mlProgram.functions.values()
+                              for block in f.block_specializations.values() for op in block.operations)
+    # only Core ML's own layers (LayerNorm included): nothing that keeps a model off the Neural Engine
+    assert ops["layer_norm"] > 0 and ops["conv"] > 0
+    assert set(ops) <= {"const", "conv", "reshape", "transpose", "mul", "add", "linear", "relu", "split",
+                        "matmul", "layer_norm", "softmax", "sigmoid", "silu", "reduce_mean", "concat", "cast",
+                        "slice_by_index", "sub", "real_div", "squeeze", "expand_dims"}, set(ops)
+    assert main([*argv[:-1], str(tmp_path / "m.onnx")]) == 2
+    assert "a Core ML ML Program is a .mlpackage: name it m.mlpackage" in capsys.readouterr().err

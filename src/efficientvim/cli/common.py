@@ -67,7 +67,7 @@ def writable_file(path: str | Path) -> Path:
     """``path`` if a file can be written there (its folder exists and takes new files), else a one-line error
     before any work is done."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.suffix != ".mlpackage":  # a Core ML package is a folder, replaced as a file is
         raise IsADirectoryError(f"{path} is a folder: give a file name to write")
     folder = path.parent
     if not folder.is_dir():

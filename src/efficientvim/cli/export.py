@@ -21,17 +21,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim models`); "
                    "optional with a --checkpoint that names its architecture")
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
-    p.add_argument("--format", choices=("onnx", "torchscript", "openvino", "executorch"), required=True,
+    p.add_argument("--format", choices=("onnx", "torchscript", "openvino", "executorch", "coreml"), required=True,
                    help="openvino: IR .xml + .bin through the verified ONNX export ('efficientvim[openvino]'); "
-                   "executorch: a .pte with the XNNPACK delegate, batch 1 at a fixed size ('efficientvim[executorch]')")
+                   "executorch: a .pte with the XNNPACK delegate, batch 1 at a fixed size "
+                   "('efficientvim[executorch]'); "
+                   "coreml: an .mlpackage, batch 1 at a fixed size, checked on macOS only ('efficientvim[coreml]')")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--opset", type=int_at_least(MIN_OPSET, f"{MIN_OPSET} or newer"), default=MIN_OPSET,
                    help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--img-size", type=input_size, help=f"trace and check at this size (>= {MIN_IMG_SIZE}; "
                    "default: the model's)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                   help="int8: ONNX Runtime static quantization (QDQ, per-channel int8 weights, uint8 activations), "
-                   "calibrated on --calibration; the export reports top-1 agreement with fp32 on held-out images")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="int8 (onnx, openvino, executorch): static quantization calibrated on --calibration, top-1 "
+                   "agreement with fp32 on held-out images reported; fp16: Core ML's compute precision")
     p.add_argument("--calibration", metavar="DIR",
                    help="int8: a folder of typical images (searched recursively; a few hundred are used); "
                    "default: the digits training split bundled with scikit-learn")
@@ -39,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output = writable_file(args.output)
-    if args.precision == "int8" and args.format == "torchscript":
+    if args.precision == "fp16" and args.format != "coreml":
+        raise EfficientViMError("--precision fp16 applies to --format coreml (Core ML's compute precision)")
+    if args.precision == "int8" and args.format in ("torchscript", "coreml"):
         raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format), OpenVINO or "
                                 "ExecuTorch: use --format onnx, openvino or executorch")
     if args.calibration is not None and args.precision != "int8":
@@ -47,6 +51,18 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     from ..export import export_onnx, export_torchscript
 
+    if args.format == "coreml":
+        from ..export import export_coreml
+
+        report = export_coreml(model, output, args.img_size, args.precision)
+        what = f"wrote {output} (Core ML ML Program, {args.precision}, input fixed at batch 1)"
+        if not report["verified"]:
+            print(f"{what}; converted but not checked: Core ML predicts on macOS only")
+        elif "error" in report:
+            print(f"{what}; max relative error vs PyTorch in Core ML {report['error']:.1e}")
+        else:
+            print(f"{what}; top-1 agrees with PyTorch on {report['top1_agreement']:.0f}% of the check images")
+        return 0
     if args.format == "executorch":
         from ..export import export_executorch
 
