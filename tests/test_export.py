@@ -232,6 +232,11 @@ def test_executorch_export_runs_in_executorch_and_matches_pytorch(tmp_path, caps
     out = capsys.readouterr().out
     error = float(out.rsplit(" ", 1)[1])
     assert error <= 1e-4 and "input fixed at batch 1" in out
+    # every convolution is delegated to XNNPACK (a per-call weight view once kept all 1x1 convolutions out)
+    from efficientvim.export import lower_executorch
+
+    _, outside = lower_executorch(efficientvim.fuse(model, layout="channels_first"), torch.zeros(1, 3, 64, 64))
+    assert "convolution" not in outside and outside.get("native_layer_norm") == 3 + 4, outside  # blocks, head
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["input_shape"] == [1, 3, 64, 64] and meta["precision"] == "fp32"
     assert main([*argv, "--precision", "int8", "-o", str(tmp_path / "q.pte")]) == 0

@@ -34,14 +34,15 @@ from .export import EXPORT_LAYOUT, native_stderr_silenced, write_onnx
 from .kernels import native_precision
 from .registry import create_model, list_models, model_config
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "executorch")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
 # CUDA: fused models fused in it, the others under torch.autocast
 PRECISIONS = {**PRECISION_DTYPES, "int8": torch.int8}
 # the precisions each runtime is timed in; int8: ONNX Runtime's static QDQ quantization (efficientvim.quantize)
 RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16", "fp16"), "compile": ("fp32", "bf16", "fp16"),
-                      "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
-FILE_RUNTIMES = ("onnxruntime", "openvino")  # time an exported file (the fused NCHW graph), not PyTorch
+                      "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "executorch": ("fp32",)}
+# time an exported file (the fused NCHW graph), not PyTorch
+FILE_RUNTIMES = ("onnxruntime", "openvino", "executorch")
 # classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
 # latency protocol (512 x 512, batch 32)
 TASKS = ("classification", "dense")
@@ -190,6 +191,8 @@ class _Runner:
             self.run = self._onnx(model, name, threads, workdir)
         elif runtime == "openvino":
             self.run = self._openvino(model, name, threads, workdir)
+        elif runtime == "executorch":
+            self.run = self._executorch(model, name, threads, workdir)
         else:
             raise BenchmarkError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
 
@@ -231,6 +234,33 @@ class _Runner:
             "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
         return lambda x: request.infer({0: x.numpy()})
+
+    def _executorch(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
+        """ExecuTorch programs have a fixed input shape: one is lowered (and loaded) per shape timed."""
+        from .export import load_executorch, lower_executorch
+
+        with native_stderr_silenced():
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        _unsafe_reset_threadpool(threads)  # XNNPACK's pool, shared by every program of the process
+        model = model.cpu()
+        methods: dict[tuple, object] = {}
+
+        def prepare(x: torch.Tensor) -> None:
+            shape = tuple(x.shape)
+            if shape not in methods:
+                path = onnx_path(name, workdir).with_suffix(f".{'x'.join(map(str, shape))}.pte")
+                path.write_bytes(lower_executorch(model, torch.zeros(shape))[0])
+                methods[shape] = load_executorch(path)
+
+        def run(x: torch.Tensor):
+            prepare(x)
+            return methods[tuple(x.shape)].execute([x])
+
+        self.prepare = prepare
+        return run
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """One-off work for ``x``'s shape before it is timed (ExecuTorch lowers a program per shape)."""
 
     def macs(self, size: int) -> int | None:
         """Multiply-adds per image at ``size``, counted on the unfused float32 model (the fused one computes
@@ -415,6 +445,7 @@ def _time_setting(runners, runtime, res, batch, device, precision, threads, warm
         size = native_resolution(name, runner.task) if res == "native" else int(res)
         inputs[name] = runner.input(batch, size)
         try:
+            runner.prepare(inputs[name])  # one-off work for this shape (an ExecuTorch program), untimed
             for _ in range(warmup):
                 runner(inputs[name])
                 bar.update()

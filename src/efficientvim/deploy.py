@@ -107,7 +107,10 @@ class TokenConv(nn.Module):
         # (stem) convolution on channels-last maps keeps its weight channels-last too, so it is not
         # reordered on every call
         dense_on_tokens = groups == 1 and not self.pointwise and not channels_first
-        self.weight = _frozen(weight.flatten(1) if self.pointwise else weight, dtype,
+        # channels_first keeps the 4-D conv weight itself: a view per call would make exported graphs
+        # (torch.export for ExecuTorch) see a computed weight, which XNNPACK does not take
+        flat = self.pointwise and not channels_first
+        self.weight = _frozen(weight.flatten(1) if flat else weight, dtype,
                               torch.channels_last if dense_on_tokens else torch.contiguous_format)
         self.bias = _frozen(bias, dtype) if bias is not None else None
         self.stride = stride
@@ -122,7 +125,7 @@ class TokenConv(nn.Module):
             return x.relu_() if self.relu else x
         if not self.channels_first:
             x = x.permute(0, 3, 1, 2)
-        weight = _as_1x1(self.weight) if self.pointwise else self.weight
+        weight = _as_1x1(self.weight) if self.pointwise and not self.channels_first else self.weight
         x = packed_conv2d(x, weight, self.bias, self.stride, self.padding, self.groups, self.relu, self.packed)
         return x if self.channels_first else x.permute(0, 2, 3, 1)
 
@@ -226,7 +229,7 @@ class FusedBlock(nn.Module):
             self.ffn_bias = _frozen(b2, dtype)
         self.dwconv2 = TokenConv(kernel, bias, 1, dim, False, dtype, channels_first)
         self.fc1 = TokenConv(w1, b1, 1, 1, True, dtype, channels_first)
-        self.fc2_weight = _frozen(w2, dtype)  # (C, hidden)
+        self.fc2_weight = _frozen(_as_1x1(w2) if channels_first else w2, dtype)  # (C, hidden[, 1, 1])
         self.packed = (PackedWeights(), PackedWeights(), PackedWeights())  # hz_proj, out_proj, fc2
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +280,7 @@ class FusedBlock(nn.Module):
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias.view(-1, 1, 1)
-        return x + F.conv2d(hidden, _as_1x1(self.fc2_weight)), h
+        return x + F.conv2d(hidden, self.fc2_weight), h
 
 
 class FusedPatchMerging(nn.Module):

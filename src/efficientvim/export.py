@@ -238,12 +238,6 @@ def export_executorch(
     against PyTorch within ``EXPORT_TOLERANCE`` (``{"error": ...}``), int8 by top-1 agreement with fp32
     PyTorch on held-out images. Programs hold no free-form metadata: it is written beside as ``.json``.
     """
-    with native_stderr_silenced():  # torchao, imported by executorch, logs a deprecation note of torch's
-        import_extra("executorch", "executorch", "ExecuTorch export")
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-        from executorch.runtime import Runtime
-
     path = Path(path)
     if path.suffix != ".pte":
         raise ExportError(f"an ExecuTorch program is a .pte file: name it {path.stem}.pte")
@@ -251,22 +245,19 @@ def export_executorch(
     _, height, width = _check_sizes(reference, img_size)[0]
     sample = torch.zeros(1, reference.in_chans, height, width)
     report: dict = {}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(graph, (sample,))
-        if precision == "int8":
-            from .quantize import CALIBRATION_IMAGES, calibration_images
+    images = None
+    if precision == "int8":
+        from .quantize import CALIBRATION_IMAGES, calibration_images
 
-            images = calibration_images(reference, calibration, CALIBRATION_IMAGES, size=(height, width))
-            program = torch.export.export(_pt2e_int8(program.module(), images), (sample,))
-            report["calibration_images"] = len(images)
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-    path.write_bytes(lowered.buffer)
+        images = calibration_images(reference, calibration, CALIBRATION_IMAGES, size=(height, width))
+        report["calibration_images"] = len(images)
+    program, outside = lower_executorch(graph, sample, images)
+    path.write_bytes(program)
+    report["outside_xnnpack"] = outside
     meta = {k: json.loads(v) for k, v in _metadata(reference).items()}
     meta.update(input_shape=list(sample.shape), precision=precision)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    with native_stderr_silenced():  # the runtime's CPU probing prints to stderr on every machine
-        method = Runtime.get().load_program(str(path)).load_method("forward")
+    method = load_executorch(path)
     if precision == "int8":
         from .quantize import held_out_images, top1_agreement
 
@@ -277,7 +268,45 @@ def export_executorch(
         return {**report, "checked_images": len(check), "held_out": fresh,
                 "top1_agreement": top1_agreement(reference, run, check)}
     sizes = [(1, height, width), (1, height, width)]
-    return {"error": _verify(reference, lambda x: _outputs(method.execute([x])), sizes, f"ExecuTorch export {path}")}
+    error = _verify(reference, lambda x: _outputs(method.execute([x])), sizes, f"ExecuTorch export {path}")
+    return {**report, "error": error}
+
+
+def _executorch_modules():
+    with native_stderr_silenced():  # torchao, imported by executorch, logs a deprecation note of torch's
+        import_extra("executorch", "executorch", "ExecuTorch export")
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+    return XnnpackPartitioner, to_edge_transform_and_lower, Runtime
+
+
+def lower_executorch(graph: nn.Module, sample: torch.Tensor, images: list[torch.Tensor] | None = None
+                     ) -> tuple[bytes, dict[str, int]]:
+    """The ExecuTorch program (XNNPACK delegate) of ``graph`` at ``sample``'s fixed shape, int8 by PT2E
+    calibrated on ``images`` when given, and the operators left outside XNNPACK (op name -> count: they
+    run on ExecuTorch's portable kernels, far slower). The one lowering: export and the benchmark use it."""
+    partitioner, lower, _ = _executorch_modules()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(graph, (sample,))
+        if images is not None:
+            program = torch.export.export(_pt2e_int8(program.module(), images), (sample,))
+        edge = lower(program, partitioner=[partitioner()])
+        outside: dict[str, int] = {}
+        for node in edge.exported_program().graph_module.graph.nodes:
+            name = getattr(node.target, "__name__", str(node.target))  # e.g. aten.native_layer_norm.default
+            if node.op == "call_function" and name != "getitem" and "delegate" not in name:
+                op = name.split(".")[1] if name.count(".") >= 2 else name
+                outside[op] = outside.get(op, 0) + 1
+        return edge.to_executorch().buffer, outside
+
+
+def load_executorch(path: str | os.PathLike):
+    """The ``forward`` method of a .pte file in ExecuTorch's runtime (``method.execute([x])``)."""
+    _, _, runtime = _executorch_modules()
+    with native_stderr_silenced():  # the runtime's CPU probing prints to stderr on every machine
+        return runtime.get().load_program(str(path)).load_method("forward")
 
 
 def _pt2e_int8(graph: nn.Module, images: list[torch.Tensor]) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import EfficientViMError
 from .common import MIN_IMG_SIZE, input_size, int_at_least, model_from_args, writable_file
@@ -74,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
                   f"on {_checked(report)} (ExecuTorch's runtime)")
         else:
             print(f"{what}; max relative error vs PyTorch in ExecuTorch's runtime {report['error']:.1e}")
+        outside = report["outside_xnnpack"]
+        if outside:
+            ops = ", ".join(f"{n} {op}" for op, n in sorted(outside.items(), key=lambda kv: -kv[1]))
+            print(f"note: {sum(outside.values())} operators run outside XNNPACK on ExecuTorch's portable kernels "
+                  f"({ops}): expect it to be slow (docs/benchmarks.md, ExecuTorch)", file=sys.stderr)
         return 0
     if args.format == "openvino":
         from ..export import export_openvino
