@@ -271,4 +271,4 @@ def test_coreml_export_converts_with_standard_ops_and_metadata(tmp_path, capsys)
                         "matmul", "layer_norm", "softmax", "sigmoid", "silu", "reduce_mean", "concat", "cast",
                         "slice_by_index", "sub", "real_div", "squeeze", "expand_dims"}, set(ops)
     assert main([*argv[:-1], str(tmp_path / "m.onnx")]) == 2
-    assert "a Core ML ML Program is a .mlpackage: name it m.mlpackage" in capsys.readouterr().err
+    assert "a Core ML ML Program is a .mlpackage file: name it m.mlpackage" in capsys.readouterr().err

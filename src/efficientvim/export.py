@@ -238,12 +238,8 @@ def export_executorch(
     against PyTorch within ``EXPORT_TOLERANCE`` (``{"error": ...}``), int8 by top-1 agreement with fp32
     PyTorch on held-out images. Programs hold no free-form metadata: it is written beside as ``.json``.
     """
-    path = Path(path)
-    if path.suffix != ".pte":
-        raise ExportError(f"an ExecuTorch program is a .pte file: name it {path.stem}.pte")
-    reference, graph = _prepare(model)
-    _, height, width = _check_sizes(reference, img_size)[0]
-    sample = torch.zeros(1, reference.in_chans, height, width)
+    path, reference, graph, sample = _fixed_shape_export(model, path, ".pte", "an ExecuTorch program", img_size)
+    height, width = sample.shape[-2:]
     report: dict = {}
     images = None
     if precision == "int8":
@@ -270,6 +266,18 @@ def export_executorch(
     sizes = [(1, height, width), (1, height, width)]
     error = _verify(reference, lambda x: _outputs(method.execute([x])), sizes, f"ExecuTorch export {path}")
     return {**report, "error": error}
+
+
+def _fixed_shape_export(model: nn.Module, path: str | os.PathLike, suffix: str, what: str, img_size: int | None
+                        ) -> tuple[Path, nn.Module, nn.Module, torch.Tensor]:
+    """(path, reference, graph, batch-1 sample at the export size) for the formats with a fixed input shape;
+    a path without ``suffix`` is refused, naming the one to use."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise ExportError(f"{what} is a {suffix} file: name it {path.stem}{suffix}")
+    reference, graph = _prepare(model)
+    _, height, width = _check_sizes(reference, img_size)[0]
+    return path, reference, graph, torch.zeros(1, reference.in_chans, height, width)
 
 
 def _executorch_modules():
@@ -339,12 +347,8 @@ def export_coreml(model: nn.Module, path: str | os.PathLike, img_size: int | Non
 
     with native_stderr_silenced():  # coremltools reports its missing macOS-only libraries on import
         ct = import_extra("coremltools", "coreml", "Core ML export")
-    path = Path(path)
-    if path.suffix != ".mlpackage":
-        raise ExportError(f"a Core ML ML Program is a .mlpackage: name it {path.stem}.mlpackage")
-    reference, graph = _prepare(model)
-    _, height, width = _check_sizes(reference, img_size)[0]
-    sample = torch.zeros(1, reference.in_chans, height, width)
+    path, reference, graph, sample = _fixed_shape_export(model, path, ".mlpackage", "a Core ML ML Program", img_size)
+    height, width = sample.shape[-2:]
     compute = {"fp32": ct.precision.FLOAT32, "fp16": ct.precision.FLOAT16}[precision]
     with warnings.catch_warnings(), torch.no_grad(), native_stderr_silenced():  # its progress bars
         warnings.simplefilter("ignore")
