@@ -156,9 +156,7 @@ def build_model(
     else:
         model = create_model(model_family(name), **dense).eval()
         if name.endswith(FUSE_SUFFIX):
-            file = runtime in FILE_RUNTIMES
-            layout = EXPORT_LAYOUT if file else "channels_last"
-            model = fuse(model, layout=layout, dtype=torch.float32 if file else dtype)
+            model = fuse(model, layout=EXPORT_LAYOUT if runtime in FILE_RUNTIMES else "channels_last", dtype=dtype)
     if task == "dense":
         model = BackboneFPN(model, model.feature_info.channels(), fpn_channels).eval()
     return model
@@ -170,16 +168,16 @@ class _Runner:
     def __init__(self, name: str, runtime: str, device: str, threads: int, workdir: Path, task: str,
                  fpn_channels: int | None, precision: str = "fp32") -> None:
         self.name, self.task, self.precision = name, task, precision
-        # int8: a float32 graph, quantized when exported
-        self.dtype = PRECISIONS[precision] if precision != "int8" else torch.float32
+        # what PyTorch computes in: a file runtime gets the float32 graph and images, and runs its precision
+        # itself (int8: quantized on export)
+        self.dtype = torch.float32 if runtime in FILE_RUNTIMES else PRECISIONS[precision]
         model = build_model(name, runtime, task, fpn_channels, self.dtype).to(device)
         # low precision: CUDA autocasts what is not fused in it; CPU converts it (autocast's per-call weight
-        # casts would be timed too, which a deployed bf16 model does not pay); runtimes of files run their own
+        # casts would be timed too, which a deployed bf16 model does not pay)
         self.autocast = device.startswith("cuda") and self.dtype != torch.float32 and not name.endswith(FUSE_SUFFIX)
-        if runtime in FILE_RUNTIMES:
-            self.dtype = torch.float32  # the file takes float32 images whatever it computes in
-        elif not self.autocast and self.dtype != torch.float32:
+        if not self.autocast and self.dtype != torch.float32:
             model = model.to(self.dtype)
+        self._macs: dict[int, int | None] = {}
         self.model = model
         self.device = device
         self.run: Callable[[torch.Tensor], object]
@@ -207,8 +205,7 @@ class _Runner:
             fp32 = path.with_suffix(".fp32.onnx")
             write_onnx(model.cpu(), fp32)
             # 32 digit images for the ranges: the calibration set does not change the speed
-            images = calibration_images(self.reference(), None, 32)
-            quantize_onnx(fp32, path, (torch.stack(images[i : i + 16]).numpy() for i in range(0, 32, 16)))
+            quantize_onnx(fp32, path, calibration_images(self.reference(), None, 32))
         elif not path.exists():
             write_onnx(model.cpu(), path)
         return path
@@ -269,10 +266,12 @@ class _Runner:
 
         if self.task != "classification":
             return None
-        try:
-            return count_flops(self.reference().to(self.device), size)
-        except Exception:  # a peer whose ops the counter does not know: no figure rather than a wrong one
-            return None
+        if size not in self._macs:  # once per size: every batch size timed at it reuses the count
+            try:
+                self._macs[size] = count_flops(self.reference().to(self.device), size)
+            except Exception:  # a peer whose ops the counter does not know: no figure rather than a wrong one
+                self._macs[size] = None
+        return self._macs[size]
 
     def reference(self) -> nn.Module:
         if self.name.startswith(TIMM_PREFIX):

@@ -141,7 +141,7 @@ def export_onnx(
     The file is checked with ONNX Runtime against the PyTorch model on a square and a non-square
     batch; :class:`ExportError` if it is off by more than ``EXPORT_TOLERANCE``.
     """
-    onnx = import_extra("onnx", "onnx", "ONNX export")
+    import_extra("onnx", "onnx", "ONNX export")
     ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
@@ -149,13 +149,28 @@ def export_onnx(
     sizes = _check_sizes(reference, img_size)
     path = Path(path)
     write_onnx(graph, path, sizes[0][1:], opset)
+    set_onnx_metadata(path, _metadata(reference))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _verify(reference, lambda x: session.run(None, {"images": x.numpy()}), sizes, f"ONNX export {path}")
+
+
+def set_onnx_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Make ``metadata`` the ONNX file's metadata properties (what OnnxPredictor reads), in place."""
+    onnx = import_extra("onnx", "onnx", "ONNX export")
     proto = onnx.load(str(path))
-    for key, value in _metadata(reference).items():
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return _verify(reference, lambda x: session.run(None, {"images": x.numpy()}), sizes, f"ONNX export {path}")
+
+
+def _suffixed(path: str | os.PathLike, suffix: str, what: str) -> Path:
+    """``path``, refused with the name to use when it lacks ``suffix``."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise ExportError(f"{what} is a {suffix} file: name it {path.stem}{suffix}")
+    return path
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | None = None) -> float:
@@ -194,16 +209,14 @@ def export_openvino(
 
     ov = import_extra("openvino", "openvino", "OpenVINO export")
     onnx = import_extra("onnx", "onnx", "OpenVINO export (through ONNX)")
-    path = Path(path)
-    if path.suffix != ".xml":
-        raise ExportError(f"an OpenVINO model is an .xml file (with its .bin beside it): name it {path.stem}.xml")
+    path = _suffixed(path, ".xml", "an OpenVINO model (its weights in a .bin beside it)")
     reference, _ = _prepare(model)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         if precision == "int8":
             from .quantize import export_onnx_int8
 
-            report = export_onnx_int8(model, onnx_file, calibration=calibration, opset=opset)
+            report = export_onnx_int8(model, onnx_file, calibration=calibration, opset=opset, check=False)
         else:
             export_onnx(model, onnx_file, opset=opset, img_size=img_size)
             report = {}
@@ -216,9 +229,9 @@ def export_openvino(
     if precision == "int8":
         from .quantize import held_out_images, top1_agreement
 
-        images, _ = held_out_images(reference, calibration, report["calibration_images"])
-        report["top1_agreement"] = top1_agreement(reference, lambda b: compiled(b)[compiled.outputs[0]], images)
-        return report
+        images, fresh = held_out_images(reference, calibration, report["calibration_images"])
+        agreement = top1_agreement(reference, lambda b: compiled(b)[compiled.outputs[0]], images)
+        return {**report, "checked_images": len(images), "held_out": fresh, "top1_agreement": agreement}
     sizes = _check_sizes(reference, img_size)
     error = _verify(reference, lambda x: [compiled(x.numpy())[o] for o in compiled.outputs], sizes,
                     f"OpenVINO export {path}")
@@ -272,9 +285,7 @@ def _fixed_shape_export(model: nn.Module, path: str | os.PathLike, suffix: str, 
                         ) -> tuple[Path, nn.Module, nn.Module, torch.Tensor]:
     """(path, reference, graph, batch-1 sample at the export size) for the formats with a fixed input shape;
     a path without ``suffix`` is refused, naming the one to use."""
-    path = Path(path)
-    if path.suffix != suffix:
-        raise ExportError(f"{what} is a {suffix} file: name it {path.stem}{suffix}")
+    path = _suffixed(path, suffix, what)
     reference, graph = _prepare(model)
     _, height, width = _check_sizes(reference, img_size)[0]
     return path, reference, graph, torch.zeros(1, reference.in_chans, height, width)

@@ -134,21 +134,25 @@ def native_precision(dtype: torch.dtype, device: torch.device | str = "cpu") -> 
     return None
 
 
+def _eager_cpu(x: torch.Tensor) -> bool:
+    # not under autocast: pre-packed weights would bypass its casts
+    return x.device.type == "cpu" and eager() and not torch.is_autocast_enabled("cpu")
+
+
 def _packable_conv(x: torch.Tensor) -> bool:
     """Whether oneDNN's convolution on a pre-reordered weight can take ``x``: float32, or bfloat16 where native."""
-    return (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and BF16_NATIVE)) and x.device.type == "cpu" \
-        and eager() and not torch.is_autocast_enabled("cpu")
+    return (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and BF16_NATIVE)) and _eager_cpu(x)
 
 
 def _native_cpu_fp32(x: torch.Tensor) -> bool:
-    # not under autocast: the pre-packed float32 weights would bypass its casts
-    return x.dtype == torch.float32 and x.device.type == "cpu" and eager() and not torch.is_autocast_enabled("cpu")
+    return x.dtype == torch.float32 and _eager_cpu(x)
 
 
 def packed_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeights
 ) -> torch.Tensor:
-    """F.linear(x, weight, bias), for at most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
+    """F.linear(x, weight, bias): where ``GEMM_LIBRARY`` is oneDNN, :func:`onednn_linear`; with MKL, for at
+    most ``PACKED_GEMM_TOKENS`` tokens on a weight MKL has packed.
 
     With few tokens (batch 1, late stages) re-packing the weight on each call is a large part of
     the GEMM, and the plain path often splits a thin GEMM across threads at a loss. ``packed``
@@ -187,11 +191,11 @@ def packed_conv2d(
         x, packed_weight, bias, pad, step, [1, 1], groups, "relu" if relu else "none", [], "")
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeights,
-                  relu: bool = False) -> torch.Tensor:
-    """F.linear(x, weight, bias) (+ ReLU) run by oneDNN as a 1x1 convolution over the rows of x: the rows
-    become one image's positions, a channels-last view, so nothing is copied either way."""
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: PackedWeights
+                  ) -> torch.Tensor:
+    """F.linear(x, weight, bias) run by oneDNN as a 1x1 convolution over the rows of x: the rows become one
+    image's positions, a channels-last view, so nothing is copied either way."""
     rows, k = x.numel() // x.shape[-1], x.shape[-1]
     image = x.reshape(1, rows, 1, k).permute(0, 3, 1, 2)  # (1, K, rows, 1), channels-last
-    out = packed_conv2d(image, weight.view(*weight.shape, 1, 1), bias, 1, 0, 1, relu, packed)
+    out = packed_conv2d(image, weight.view(*weight.shape, 1, 1), bias, 1, 0, 1, False, packed)
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])

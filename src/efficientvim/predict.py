@@ -76,11 +76,15 @@ def set_input_size(model: nn.Module, size: int) -> None:
     cfg["input_size"] = (cfg["input_size"][0], size, size)
 
 
-def make_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
-    """The model's evaluation preprocessing as a timm transform: PIL image -> normalised (C, H, W) tensor."""
+def make_transform(model: nn.Module, size: tuple[int, int] | None = None) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's evaluation preprocessing as a timm transform: PIL image -> normalised (C, H, W) tensor, at
+    the model's input size or ``size`` (height, width)."""
     from timm.data import create_transform, resolve_model_data_config
 
-    return create_transform(**resolve_model_data_config(model))
+    config = resolve_model_data_config(model)
+    if size is not None:
+        config["input_size"] = (config["input_size"][0], *size)
+    return create_transform(**config)
 
 
 def class_names(model: nn.Module) -> list[str]:

@@ -38,15 +38,10 @@ def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count
     """``count`` preprocessed images (C, H, W) from ``folder`` (evenly spread over its sorted files, after
     the first ``skip`` of that spread), or from the digits' training split when ``folder`` is None; at the
     model's input size, or ``size`` (height, width)."""
-    from timm.data import create_transform, resolve_model_data_config
-
     from .images import read_image
-    from .predict import expand_inputs
+    from .predict import expand_inputs, make_transform
 
-    config = resolve_model_data_config(model)
-    if size is not None:
-        config["input_size"] = (config["input_size"][0], *size)
-    transform = create_transform(**config)
+    transform = make_transform(model, size)
     if folder is None:
         from .data import DigitsDataset
 
@@ -76,26 +71,27 @@ def _batches(images: Sequence[torch.Tensor], size: int = 16) -> Iterator[np.ndar
         yield torch.stack(images[i : i + size]).numpy()
 
 
-def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, batches: Iterator[np.ndarray]) -> None:
-    """Static QDQ quantization of an ONNX file whose input is ``images``, calibrated on ``batches``."""
+def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Sequence[torch.Tensor]
+                  ) -> None:
+    """Static QDQ quantization of an ONNX file whose input is ``images``, calibrated on ``images``."""
     quant = import_extra("onnxruntime.quantization", "onnx", "int8 quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = _batches(images)
 
     class Reader(quant.CalibrationDataReader):
         def get_next(self):
             batch = next(batches, None)
             return None if batch is None else {"images": batch}
 
-    prepared = Path(int8_path).with_suffix(".prepared.onnx")
-    quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
         quant.quantize_static(
             str(prepared), str(int8_path), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
-        activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
+            activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
             op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=quant.CalibrationMethod.MinMax,
-        )  # fmt: skip
-    finally:
-        prepared.unlink(missing_ok=True)
+        )
 
 
 def export_onnx_int8(
@@ -104,36 +100,38 @@ def export_onnx_int8(
     calibration: str | os.PathLike | None = None,
     count: int = CALIBRATION_IMAGES,
     opset: int | None = None,
+    check: bool = True,
 ) -> dict:
-    """Write ``model`` as an int8 QDQ ONNX file calibrated on ``calibration``; return what was checked:
-    ``calibration_images``, ``checked_images`` and ``top1_agreement`` (%) with the float32 PyTorch model."""
-    onnx = import_extra("onnx", "onnx", "ONNX export")
+    """Write ``model`` as an int8 QDQ ONNX file calibrated on ``calibration``; return ``calibration_images``
+    and, with ``check`` (a caller that checks the file in another runtime passes False), ``checked_images``,
+    ``held_out`` and ``top1_agreement`` (%) with the float32 PyTorch model in ONNX Runtime."""
+    import_extra("onnx", "onnx", "ONNX export")
     ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
-    from .export import MIN_OPSET, _metadata, _prepare, write_onnx
+    from .export import MIN_OPSET, _metadata, _prepare, set_onnx_metadata, write_onnx
 
     reference, graph = _prepare(model)
     if not getattr(reference, "num_classes", 0):
         raise ExportError("int8 export checks top-1 agreement: it takes a classifier with classes")
     images = calibration_images(reference, calibration, count)
-    held_out, fresh = held_out_images(reference, calibration, len(images))
     path = Path(path)
-    size = tuple(images[0].shape[-2:])
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        write_onnx(graph, fp32, size, opset or MIN_OPSET)
-        int8 = Path(tmp) / "int8.onnx"
-        quantize_onnx(fp32, int8, _batches(images))
-        proto = onnx.load(str(int8))
-    meta = {**_metadata(reference), "precision": json.dumps("int8"),
-            "calibration": json.dumps(f"{len(images)} images of {calibration or 'the digits training split'}")}
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(calibration_images=len(images), checked_images=len(held_out), held_out=fresh,
-                top1_agreement=top1_agreement(reference, lambda b: session.run(None, {"images": b})[0], held_out))
+        write_onnx(graph, fp32, tuple(images[0].shape[-2:]), opset or MIN_OPSET)
+        quantize_onnx(fp32, path, images)
+    calibrated = f"{len(images)} images of {calibration or 'the digits training split'}"
+    set_onnx_metadata(path, {**_metadata(reference), "precision": json.dumps("int8"),
+                             "calibration": json.dumps(calibrated)})
+    report = dict(calibration_images=len(images))
+    if check:
+        held_out, fresh = held_out_images(reference, calibration, len(images))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return session.run(None, {"images": batch})[0]
+
+        report.update(checked_images=len(held_out), held_out=fresh,
+                      top1_agreement=top1_agreement(reference, run, held_out))
+    return report
 
 
 def held_out_images(model: nn.Module, calibration: str | os.PathLike | None, used: int,
