@@ -3,10 +3,13 @@ top-1 agreement with the float32 model and the largest logit change.
 
     python benchmarks/precision_agreement.py runs/digits/best.safetensors            # the digits val split
     python benchmarks/precision_agreement.py best.safetensors --data my_photos       # a folder's val/ split
+    python benchmarks/precision_agreement.py best.safetensors --files m.int8.onnx m.tflite m.pte  # exports too
 
 Rows: the model as trained (float32), fused in float32, fused in bfloat16 (``fuse(dtype=torch.bfloat16)``;
 float32 where the CPU has no native bfloat16, as fuse says), the fused float32 model under CPU bf16 autocast,
-and the model itself converted with ``.to(torch.bfloat16)`` for comparison.
+and the model itself converted with ``.to(torch.bfloat16)`` for comparison; then one row per exported file of
+``--files`` (.onnx in ONNX Runtime, .xml in OpenVINO, .pte in ExecuTorch, .tflite in LiteRT; fixed-shape files are
+run image by image), made from the same checkpoint by ``efficientvim export``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def main() -> None:
     p.add_argument("--data", help="folder with val/<class>/... (default: the embedded digits val split)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--files", nargs="*", default=[], help="exported files of this checkpoint to compare too")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = ev.load_model(args.checkpoint).eval()
@@ -46,6 +50,7 @@ def main() -> None:
         "fused, bfloat16": bf16,
         "fused float32 under CPU bf16 autocast": lambda x: _autocast(fused, x),
         "model .to(bfloat16)": lambda x: model_bf16(x.to(torch.bfloat16)),
+        **{f: _file_runner(f, args.threads) for f in args.files},
     }
     logits: dict[str, list[torch.Tensor]] = {k: [] for k in variants}
     labels = []
@@ -67,6 +72,37 @@ def main() -> None:
         top1 = 100 * (z.argmax(1) == labels).float().mean()
         agree = 100 * (z.argmax(1) == reference.argmax(1)).float().mean()
         print(f"{name:40s} {top1:8.2f} {agree:9.2f} {(z - reference).abs().max():13.4f}")
+
+
+def _file_runner(path: str, threads: int):
+    """An exported file as a function of a float32 batch, in its own runtime."""
+    import numpy as np
+
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    if path.endswith(".xml"):
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        return lambda x: torch.from_numpy(compiled(x.numpy())[compiled.outputs[0]])
+    if path.endswith(".pte"):
+        from efficientvim.export import load_executorch
+
+        method = load_executorch(path)
+        one = lambda image: method.execute([image[None]])[0].numpy()  # noqa: E731
+    elif path.endswith(".tflite"):
+        from efficientvim.export import load_litert
+
+        program = load_litert(path, threads)
+        one = lambda image: program(image[None].numpy())  # noqa: E731
+    else:
+        raise SystemExit(f"{path}: not an exported file (.onnx, .xml, .pte, .tflite)")
+    return lambda x: torch.from_numpy(np.concatenate([one(image) for image in x]))
 
 
 def _autocast(model, x):

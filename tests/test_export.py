@@ -246,6 +246,33 @@ def test_executorch_export_runs_in_executorch_and_matches_pytorch(tmp_path, caps
     assert "an ExecuTorch program is a .pte file: name it m.pte" in capsys.readouterr().err
 
 
+def test_litert_export_runs_in_litert_and_matches_pytorch(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("litert_torch", reason="the [litert] extra is not installed")
+    from efficientvim.export import load_litert
+
+    model = randomize_(efficientvim.create_model("efficientvim_m1", num_classes=10, **TINY)).eval()
+    path = efficientvim.save_weights(model, tmp_path / "w.safetensors")
+    argv = ["export", "--checkpoint", str(path), "--format", "litert", "--img-size", "64"]
+    assert main([*argv, "-o", str(tmp_path / "m.tflite")]) == 0
+    out = capsys.readouterr().out
+    assert "LiteRT flatbuffer, fp32, input fixed at batch 1" in out and "LiteRT's interpreter" in out
+    assert float(out.rsplit(" ", 1)[1]) <= 1e-4
+    # as a user runs it: the file alone, in LiteRT's interpreter, on an image it was not checked on
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = load_litert(tmp_path / "m.tflite", threads=1)(x.numpy())
+    assert got.dtype == np.float32 and np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["input_shape"] == [1, 3, 64, 64] and meta["label_names"] == [f"class {i}" for i in range(10)]
+    assert main([*argv, "-o", str(tmp_path / "m.lite")]) == 2
+    assert "a LiteRT model is a .tflite file: name it m.tflite" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
+    assert main([*argv, "-o", str(tmp_path / "again.tflite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs litert_torch, which is not installed: pip install 'efficientvim[litert]'")
+
+
 def test_coreml_export_converts_with_standard_ops_and_metadata(tmp_path, capsys):
     ct = pytest.importorskip("coremltools", reason="the [coreml] extra is not installed")
     import collections

@@ -1,5 +1,5 @@
-"""Low precision on real data: a digits model trained here; int8 ONNX calibrated on its train split and
-scored on val, and eval / predict running the fused model in bf16.
+"""Low precision on real data: a digits model trained here; int8 ONNX, LiteRT and ExecuTorch files calibrated
+on its train split and scored on val, and eval / predict running the fused model in bf16.
 
 The issue's bound (drop <= 0.5 pt) is measured on the full `make train` model in docs/benchmarks.md
 (99.72% -> 99.72%); this run is 6 epochs (about 92% top-1) to keep the suite short, and a weaker model
@@ -61,6 +61,36 @@ def test_int8_export_keeps_the_digits_accuracy(digits_model, capsys):
     assert meta["calibration"] == "256 images of the digits training split"
     quantized = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "LayerNormalization", "Softmax"} <= quantized
+
+
+@pytest.mark.parametrize("fmt", ["litert", "executorch"])
+def test_int8_edge_formats_keep_the_digits_accuracy(digits_model, fmt, capsys):
+    """LiteRT and ExecuTorch int8 (PT2E, XNNPACK's quantizer), run image by image in their own runtimes."""
+    pytest.importorskip({"litert": "litert_torch", "executorch": "executorch"}[fmt],
+                        reason=f"the [{fmt}] extra is not installed")
+    from efficientvim.export import load_executorch, load_litert
+
+    best, path = digits_model / "run" / "best.safetensors", digits_model / f"int8.{fmt}"
+    path = path.with_suffix({"litert": ".tflite", "executorch": ".pte"}[fmt])
+    assert main(["export", "--checkpoint", str(best), "--format", fmt, "--precision", "int8", "-o", str(path)]) == 0
+    assert "calibrated on 256 images" in capsys.readouterr().out
+    if fmt == "litert":
+        program = load_litert(path, threads=1)
+        run = lambda image: program(image[None].numpy())  # noqa: E731
+    else:
+        method = load_executorch(path)
+        run = lambda image: method.execute([image[None]])[0].numpy()  # noqa: E731
+    model = ev.load_model(best).eval()
+    val = DigitsDataset("val", make_transform(model))
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = np.array(val.targets)
+    with torch.no_grad():
+        fp32 = model(x).argmax(1).numpy()
+    int8 = np.array([run(image).argmax() for image in x])
+    top1_fp32, top1_int8 = 100 * (fp32 == y).mean(), 100 * (int8 == y).mean()
+    assert top1_fp32 >= 80.0
+    assert top1_int8 >= top1_fp32 - 1.0
+    assert 100 * (int8 == fp32).mean() >= 97.0
 
 
 def test_int8_calibrates_on_a_folder_and_reports_mistakes(digits_model, tmp_path, capsys):

@@ -34,15 +34,20 @@ from .export import EXPORT_LAYOUT, native_stderr_silenced, write_onnx
 from .kernels import native_precision
 from .registry import create_model, list_models, model_config
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "executorch")
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "executorch", "litert")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
 # CUDA: fused models fused in it, the others under torch.autocast
 PRECISIONS = {**PRECISION_DTYPES, "int8": torch.int8}
 # the precisions each runtime is timed in; int8: ONNX Runtime's static QDQ quantization (efficientvim.quantize)
+# for onnxruntime and openvino, PyTorch 2 export quantization with XNNPACK's quantizer for executorch and litert
 RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16", "fp16"), "compile": ("fp32", "bf16", "fp16"),
-                      "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "executorch": ("fp32",)}
+                      "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"),
+                      "executorch": ("fp32", "int8"), "litert": ("fp32", "int8")}
 # time an exported file (the fused NCHW graph), not PyTorch
-FILE_RUNTIMES = ("onnxruntime", "openvino", "executorch")
+FILE_RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert")
+# of those, the ones whose files have one fixed input shape: a file is written per shape timed
+FIXED_SHAPE_RUNTIMES = ("executorch", "litert")
+INT8_CALIBRATION_IMAGES = 32  # digit images for the int8 ranges: the calibration set does not change the speed
 # classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
 # latency protocol (512 x 512, batch 32)
 TASKS = ("classification", "dense")
@@ -189,8 +194,8 @@ class _Runner:
             self.run = self._onnx(model, name, threads, workdir)
         elif runtime == "openvino":
             self.run = self._openvino(model, name, threads, workdir)
-        elif runtime == "executorch":
-            self.run = self._executorch(model, name, threads, workdir)
+        elif runtime in FIXED_SHAPE_RUNTIMES:
+            self.run = self._fixed_shape(model, name, runtime, threads, workdir)
         else:
             raise BenchmarkError(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
 
@@ -204,8 +209,7 @@ class _Runner:
 
             fp32 = path.with_suffix(".fp32.onnx")
             write_onnx(model.cpu(), fp32)
-            # 32 digit images for the ranges: the calibration set does not change the speed
-            quantize_onnx(fp32, path, calibration_images(self.reference(), None, 32))
+            quantize_onnx(fp32, path, calibration_images(self.reference(), None, INT8_CALIBRATION_IMAGES))
         elif not path.exists():
             write_onnx(model.cpu(), path)
         return path
@@ -232,32 +236,47 @@ class _Runner:
         request = compiled.create_infer_request()
         return lambda x: request.infer({0: x.numpy()})
 
-    def _executorch(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
-        """ExecuTorch programs have a fixed input shape: one is lowered (and loaded) per shape timed."""
-        from .export import load_executorch, lower_executorch
+    def _fixed_shape(self, model: nn.Module, name: str, runtime: str, threads: int, workdir: Path) -> Callable:
+        """ExecuTorch and LiteRT files have a fixed input shape: one is written (and loaded) per shape timed,
+        int8 calibrated on digit images at that shape."""
+        from .export import load_executorch, load_litert, lower_executorch, lower_litert
 
-        with native_stderr_silenced():
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-        _unsafe_reset_threadpool(threads)  # XNNPACK's pool, shared by every program of the process
+        if runtime == "executorch":
+            with native_stderr_silenced():
+                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            _unsafe_reset_threadpool(threads)  # XNNPACK's pool, shared by every program of the process
         model = model.cpu()
-        methods: dict[tuple, object] = {}
+        runs: dict[tuple, Callable] = {}
 
         def prepare(x: torch.Tensor) -> None:
             shape = tuple(x.shape)
-            if shape not in methods:
-                path = onnx_path(name, workdir).with_suffix(f".{'x'.join(map(str, shape))}.pte")
-                path.write_bytes(lower_executorch(model, torch.zeros(shape))[0])
-                methods[shape] = load_executorch(path)
+            if shape in runs:
+                return
+            images = None
+            if self.precision == "int8":
+                from .quantize import calibration_images
+
+                images = calibration_images(self.reference(), None, INT8_CALIBRATION_IMAGES, size=shape[-2:])
+            suffix = ".pte" if runtime == "executorch" else ".tflite"
+            path = onnx_path(name, workdir).with_suffix(f".{self.precision}.{'x'.join(map(str, shape))}{suffix}")
+            if runtime == "executorch":
+                path.write_bytes(lower_executorch(model, torch.zeros(shape), images)[0])
+                method = load_executorch(path)
+                runs[shape] = lambda x: method.execute([x])
+            else:
+                path.write_bytes(lower_litert(model, torch.zeros(shape), images))
+                program = load_litert(path, threads)
+                runs[shape] = lambda x: program(x.numpy())
 
         def run(x: torch.Tensor):
             prepare(x)
-            return methods[tuple(x.shape)].execute([x])
+            return runs[tuple(x.shape)](x)
 
         self.prepare = prepare
         return run
 
     def prepare(self, x: torch.Tensor) -> None:
-        """One-off work for ``x``'s shape before it is timed (ExecuTorch lowers a program per shape)."""
+        """One-off work for ``x``'s shape before it is timed (ExecuTorch and LiteRT write a file per shape)."""
 
     def macs(self, size: int) -> int | None:
         """Multiply-adds per image at ``size``, counted on the unfused float32 model (the fused one computes
@@ -358,8 +377,8 @@ def run_benchmark(
     if bad:
         raise BenchmarkError(f"unknown runtime {bad[0]!r}: choose from {', '.join(RUNTIMES)}")
     if device.startswith("cuda") and set(runtimes) & set(FILE_RUNTIMES):
-        raise BenchmarkError("the onnxruntime and openvino runtimes are benchmarked on CPU only: drop them or use "
-                             "--device cpu")
+        raise BenchmarkError(f"the {', '.join(FILE_RUNTIMES)} runtimes are benchmarked on CPU only: drop them "
+                             "or use --device cpu")
     precisions = list(precisions or (["fp16"] if device.startswith("cuda") else ["fp32"]))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:

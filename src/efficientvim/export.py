@@ -252,33 +252,68 @@ def export_executorch(
     PyTorch on held-out images. Programs hold no free-form metadata: it is written beside as ``.json``.
     """
     path, reference, graph, sample = _fixed_shape_export(model, path, ".pte", "an ExecuTorch program", img_size)
-    height, width = sample.shape[-2:]
-    report: dict = {}
-    images = None
-    if precision == "int8":
-        from .quantize import CALIBRATION_IMAGES, calibration_images
-
-        images = calibration_images(reference, calibration, CALIBRATION_IMAGES, size=(height, width))
-        report["calibration_images"] = len(images)
+    report, images = _fixed_shape_calibration(reference, sample, precision, calibration)
     program, outside = lower_executorch(graph, sample, images)
     path.write_bytes(program)
     report["outside_xnnpack"] = outside
+    method = load_executorch(path)
+    return _fixed_shape_check(reference, path, sample, precision, calibration, report,
+                              lambda x: _outputs(method.execute([x])), "ExecuTorch export")
+
+
+def export_litert(
+    model: nn.Module, path: str | os.PathLike, img_size: int | None = None, precision: str = "fp32",
+    calibration: str | os.PathLike | None = None,
+) -> dict:
+    """Write ``model`` (fused, NCHW formulation) as a LiteRT (TensorFlow Lite) flatbuffer through litert-torch.
+
+    The input shape is fixed, batch 1 at the model's size (or ``img_size``): litert-torch's lowering of this
+    graph failed with symbolic sizes. The file takes and returns float32 (NCHW images, logits), so any
+    LiteRT interpreter runs it as it runs the float model. ``precision="int8"``: PyTorch 2 export
+    quantization with XNNPACK's quantizer (per-channel symmetric int8 weights, int8 activations), calibrated
+    on ``calibration``; the first layer's input, the logits and the softmax over tokens stay float32 (LiteRT's
+    int8 softmax has a fixed output step of 1/256, coarser than a distribution over hundreds of tokens).
+    Checked in LiteRT's interpreter: fp32 against PyTorch within ``EXPORT_TOLERANCE``, int8 by top-1
+    agreement with fp32 PyTorch on held-out images. The metadata is written beside as ``.json``.
+    """
+    path, reference, graph, sample = _fixed_shape_export(model, path, ".tflite", "a LiteRT model", img_size)
+    report, images = _fixed_shape_calibration(reference, sample, precision, calibration)
+    path.write_bytes(lower_litert(graph, sample, images))
+    run = load_litert(path)
+    return _fixed_shape_check(reference, path, sample, precision, calibration, report, lambda x: [run(x.numpy())],
+                              "LiteRT export")
+
+
+def _fixed_shape_calibration(reference: nn.Module, sample: torch.Tensor, precision: str,
+                             calibration: str | os.PathLike | None) -> tuple[dict, list[torch.Tensor] | None]:
+    """(report, calibration images at ``sample``'s size for int8, else None)."""
+    if precision != "int8":
+        return {}, None
+    from .quantize import CALIBRATION_IMAGES, calibration_images
+
+    images = calibration_images(reference, calibration, CALIBRATION_IMAGES, size=tuple(sample.shape[-2:]))
+    return {"calibration_images": len(images)}, images
+
+
+def _fixed_shape_check(reference: nn.Module, path: Path, sample: torch.Tensor, precision: str,
+                       calibration: str | os.PathLike | None, report: dict, run, what: str) -> dict:
+    """Write the metadata beside ``path`` as .json and check ``run`` (batch-1 tensor -> list of arrays): fp32
+    against PyTorch (``error``), int8 by top-1 agreement with fp32 PyTorch on held-out images."""
     meta = {k: json.loads(v) for k, v in _metadata(reference).items()}
     meta.update(input_shape=list(sample.shape), precision=precision)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    method = load_executorch(path)
+    size = tuple(sample.shape[-2:])
     if precision == "int8":
         from .quantize import held_out_images, top1_agreement
 
-        def run(batch: np.ndarray) -> np.ndarray:  # the program takes one image at a time
-            return np.concatenate([method.execute([torch.from_numpy(x[None])])[0].numpy() for x in batch])
+        def batch_run(batch: np.ndarray) -> np.ndarray:  # the file takes one image at a time
+            return np.concatenate([run(torch.from_numpy(x[None]))[0] for x in batch])
 
-        check, fresh = held_out_images(reference, calibration, report["calibration_images"], (height, width))
+        check, fresh = held_out_images(reference, calibration, report["calibration_images"], size)
         return {**report, "checked_images": len(check), "held_out": fresh,
-                "top1_agreement": top1_agreement(reference, run, check)}
-    sizes = [(1, height, width), (1, height, width)]
-    error = _verify(reference, lambda x: _outputs(method.execute([x])), sizes, f"ExecuTorch export {path}")
-    return {**report, "error": error}
+                "top1_agreement": top1_agreement(reference, batch_run, check)}
+    sizes = [(1, *size), (1, *size)]
+    return {**report, "error": _verify(reference, run, sizes, f"{what} {path}")}
 
 
 def _fixed_shape_export(model: nn.Module, path: str | os.PathLike, suffix: str, what: str, img_size: int | None
@@ -328,8 +363,12 @@ def load_executorch(path: str | os.PathLike):
         return runtime.get().load_program(str(path)).load_method("forward")
 
 
-def _pt2e_int8(graph: nn.Module, images: list[torch.Tensor]) -> nn.Module:
-    """PyTorch 2 export quantization of an exported graph for XNNPACK, calibrated image by image."""
+def _pt2e_int8(graph: nn.Module, images: list[torch.Tensor], float_boundary: bool = False) -> nn.Module:
+    """PyTorch 2 export quantization of an exported graph with XNNPACK's quantizer (per-channel symmetric
+    int8), calibrated image by image. ``float_boundary`` (LiteRT): the graph's input and output and every
+    softmax output stay float32 and the weights stay as quantize/dequantize pairs, as litert-torch takes them
+    (it folds a quantized input or output into the file's signature, and its int8 softmax has a fixed
+    1/256 step)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -337,10 +376,76 @@ def _pt2e_int8(graph: nn.Module, images: list[torch.Tensor]) -> nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if float_boundary:
+        softmax = (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default)
+
+        def quantized(node) -> bool:
+            args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+            return not (any(a.op == "placeholder" for a in args)  # the images (weights are attributes)
+                        or any(u.op == "output" for u in node.users)
+                        or any(a.target in softmax for a in args))
+
+        quantizer.set_filter_function(quantized)
     prepared = prepare_pt2e(graph, quantizer)
     for image in images:
         prepared(image[None])
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared, fold_quantize=not float_boundary)
+
+
+def _litert_module():
+    with native_stderr_silenced():  # TensorFlow Lite's and JAX's start-up notes
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        litert_torch = import_extra("litert_torch", "litert", "LiteRT export")
+        from litert_torch import _config
+
+        _config.config.show_progress = False  # its per-pass progress lines
+    return litert_torch
+
+
+def lower_litert(graph: nn.Module, sample: torch.Tensor, images: list[torch.Tensor] | None = None) -> bytes:
+    """The LiteRT flatbuffer of ``graph`` at ``sample``'s fixed shape, int8 by PT2E calibrated on ``images``
+    when given. The one conversion: export and the benchmark use it."""
+    litert_torch = _litert_module()
+    quant_config = None
+    with warnings.catch_warnings(), torch.no_grad(), native_stderr_silenced():
+        warnings.simplefilter("ignore")
+        if images is not None:
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            program = torch.export.export(graph, (sample,)).module()
+            graph = _pt2e_int8(program, images, float_boundary=True)
+            # litert-torch reads only the mode (static int8) from its own quantizer's config
+            static = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            quant_config = QuantConfig(pt2e_quantizer=static)
+        return litert_torch.convert(graph, (sample,), quant_config=quant_config).model_content()
+
+
+def load_litert(path: str | os.PathLike, threads: int | None = None):
+    """A function running a .tflite file in LiteRT's interpreter (XNNPACK on CPU): float32 NCHW batch in
+    (numpy, the file's own shape), first output out as float32; int8 inputs and outputs, as other tools
+    write them, are quantized and dequantized with the file's own scales."""
+    with native_stderr_silenced():  # the interpreter announces its XNNPACK delegate
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
+    (source,), output = interpreter.get_input_details(), interpreter.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if source["dtype"] != np.float32:
+            scale, zero = source["quantization"]
+            info = np.iinfo(source["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(source["dtype"])
+        interpreter.set_tensor(source["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(output["index"])
+        if output["dtype"] != np.float32:
+            scale, zero = output["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y
+
+    return run
 
 
 def export_coreml(model: nn.Module, path: str | os.PathLike, img_size: int | None = None, precision: str = "fp32"

@@ -1,4 +1,5 @@
-"""``efficientvim export``: write a fused model as ONNX or TorchScript, verified against PyTorch."""
+"""``efficientvim export``: write a fused model in a deployment format, verified against PyTorch where its runtime
+is on the machine."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import sys
 from ..errors import EfficientViMError
 from .common import MIN_IMG_SIZE, input_size, int_at_least, model_from_args, writable_file
 
+FORMATS = ("onnx", "torchscript", "openvino", "executorch", "litert", "coreml")
 MIN_OPSET = 17  # as efficientvim.export.MIN_OPSET (not imported: keeps --help light; a test checks they agree)
 
 
-HELP = "export a model to ONNX or TorchScript (dynamic batch, height, width)"
+HELP = "export a model to ONNX, TorchScript, OpenVINO, ExecuTorch, LiteRT or Core ML"
 DESCRIPTION = (
     "Fuse a model for inference, export it, and check the file against PyTorch (1e-4). A file written by "
     "training or save_weights names its own architecture: --checkpoint alone is enough."
@@ -22,10 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model name, e.g. efficientvim_m2 (see `efficientvim models`); "
                    "optional with a --checkpoint that names its architecture")
     p.add_argument("--checkpoint", help="weights file: the authors' .pth, a timm state dict or save_weights output")
-    p.add_argument("--format", choices=("onnx", "torchscript", "openvino", "executorch", "coreml"), required=True,
+    p.add_argument("--format", choices=FORMATS, required=True,
                    help="openvino: IR .xml + .bin through the verified ONNX export ('efficientvim[openvino]'); "
                    "executorch: a .pte with the XNNPACK delegate, batch 1 at a fixed size "
-                   "('efficientvim[executorch]'); "
+                   "('efficientvim[executorch]'); litert: a .tflite for LiteRT, batch 1 at a fixed size "
+                   "('efficientvim[litert]'); "
                    "coreml: an .mlpackage, batch 1 at a fixed size, checked on macOS only ('efficientvim[coreml]')")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--opset", type=int_at_least(MIN_OPSET, f"{MIN_OPSET} or newer"), default=MIN_OPSET,
@@ -33,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=input_size, help=f"trace and check at this size (>= {MIN_IMG_SIZE}; "
                    "default: the model's)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="int8 (onnx, openvino, executorch): static quantization calibrated on --calibration, top-1 "
-                   "agreement with fp32 on held-out images reported; fp16: Core ML's compute precision")
+                   help="int8 (onnx, openvino, executorch, litert): static quantization calibrated on --calibration, "
+                   "top-1 agreement with fp32 on held-out images reported; fp16: Core ML's compute precision")
     p.add_argument("--calibration", metavar="DIR",
                    help="int8: a folder of typical images (searched recursively; a few hundred are used); "
                    "default: the digits training split bundled with scikit-learn")
@@ -45,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.precision == "fp16" and args.format != "coreml":
         raise EfficientViMError("--precision fp16 applies to --format coreml (Core ML's compute precision)")
     if args.precision == "int8" and args.format in ("torchscript", "coreml"):
-        raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format), OpenVINO or "
-                                "ExecuTorch: use --format onnx, openvino or executorch")
+        raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format), OpenVINO, "
+                                "ExecuTorch or LiteRT: use --format onnx, openvino, executorch or litert")
     if args.calibration is not None and args.precision != "int8":
         raise EfficientViMError("--calibration applies to --precision int8 only")
     model = model_from_args(args)
@@ -64,18 +67,22 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{what}; top-1 agrees with PyTorch on {report['top1_agreement']:.0f}% of the check images")
         return 0
-    if args.format == "executorch":
-        from ..export import export_executorch
+    if args.format in ("executorch", "litert"):
+        from ..export import export_executorch, export_litert
 
-        report = export_executorch(model, output, args.img_size, args.precision, args.calibration)
-        what = f"wrote {output} (ExecuTorch, XNNPACK delegate, {args.precision}, input fixed at batch 1) and " \
-               f"its metadata {output.with_suffix('.json')}"
+        export, what, runtime = {
+            "executorch": (export_executorch, "ExecuTorch, XNNPACK delegate", "ExecuTorch's runtime"),
+            "litert": (export_litert, "LiteRT flatbuffer", "LiteRT's interpreter"),
+        }[args.format]
+        report = export(model, output, args.img_size, args.precision, args.calibration)
+        what = f"wrote {output} ({what}, {args.precision}, input fixed at batch 1) and its metadata " \
+               f"{output.with_suffix('.json')}"
         if args.precision == "int8":
             print(f"{what}; calibrated on {report['calibration_images']} images; top-1 agrees with fp32 PyTorch "
-                  f"on {_checked(report)} (ExecuTorch's runtime)")
+                  f"on {_checked(report)} ({runtime})")
         else:
-            print(f"{what}; max relative error vs PyTorch in ExecuTorch's runtime {report['error']:.1e}")
-        outside = report["outside_xnnpack"]
+            print(f"{what}; max relative error vs PyTorch in {runtime} {report['error']:.1e}")
+        outside = report.get("outside_xnnpack")
         if outside:
             ops = ", ".join(f"{n} {op}" for op, n in sorted(outside.items(), key=lambda kv: -kv[1]))
             print(f"note: {sum(outside.values())} operators run outside XNNPACK on ExecuTorch's portable kernels "
