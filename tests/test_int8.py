@@ -137,3 +137,32 @@ def test_eval_and_predict_run_the_fused_model_in_the_asked_precision(digits_mode
     captured = capsys.readouterr()
     assert captured.err == "note: no bf16 here (test): running fp32, which is faster here\n"
     assert captured.out.startswith(str(tmp_path / "digit.png"))
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_eval_and_predict_run_in_a_file_runtime(digits_model, runtime, capsys, tmp_path):
+    """--runtime: the fused graph exported on the fly scores and ranks as the PyTorch model does."""
+    pytest.importorskip(runtime, reason=f"the [{'onnx' if runtime == 'onnxruntime' else runtime}] extra is missing")
+    best = str(digits_model / "run" / "best.safetensors")
+    tops = {}
+    for chosen in ("eager", runtime):
+        assert main(["eval", "--checkpoint", best, "--workers", "0", "--runtime", chosen]) == 0
+        line = capsys.readouterr().out
+        tops[chosen] = (float(line.split("top-1 ")[1].split("%")[0]), float(line.split("loss ")[1]))
+    assert tops[runtime][0] == tops["eager"][0] and abs(tops[runtime][1] - tops["eager"][1]) < 1e-4
+    digits = DigitsDataset("val")
+    for i in range(5):
+        digits.images[i].save(tmp_path / f"{i}.png")
+    answers = {}
+    for chosen in ("eager", runtime):
+        assert main(["predict", str(tmp_path), "--checkpoint", best, "--json", "--runtime", chosen]) == 0
+        answers[chosen] = json.loads(capsys.readouterr().out)
+    for ours, theirs in zip(answers["eager"], answers[runtime]):
+        assert [p["label"] for p in ours["predictions"]] == [p["label"] for p in theirs["predictions"]]
+        assert ours["predictions"][0]["probability"] == pytest.approx(theirs["predictions"][0]["probability"],
+                                                                      abs=1e-4)
+    if runtime == "onnxruntime":  # what it cannot run is said in one line, naming what to do
+        assert main(["predict", str(tmp_path), "--checkpoint", best, "--runtime", runtime, "--precision",
+                     "bf16"]) == 2
+        err = capsys.readouterr().err
+        assert "--runtime onnxruntime runs fp32, not bf16" in err and err.count("\n") == 1

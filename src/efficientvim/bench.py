@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from .deploy import PRECISION_DTYPES, fuse
-from .errors import EfficientViMError, UnknownModelError, import_extra
+from .errors import EfficientViMError, UnknownModelError
 from .export import EXPORT_LAYOUT, native_stderr_silenced, write_onnx
 from .kernels import native_precision
 from .registry import create_model, list_models, model_config
+from .runtimes import onnxruntime_session, openvino_request
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "executorch", "litert")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
@@ -215,25 +216,13 @@ class _Runner:
         return path
 
     def _onnx(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
-        ort = import_extra("onnxruntime", "onnx", "The onnxruntime benchmark runtime")
-        path = self._onnx_file(model, name, workdir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(self._onnx_file(model, name, workdir), threads)
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: x.numpy()})
 
     def _openvino(self, model: nn.Module, name: str, threads: int, workdir: Path) -> Callable:
-        ov = import_extra("openvino", "openvino", "The openvino benchmark runtime")
-        path = self._onnx_file(model, name, workdir)
         # OpenVINO picks bf16 by itself on CPUs that have it: the hint says which precision is timed
-        hint = "bf16" if self.precision == "bf16" else "f32"
-        compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
-        request = compiled.create_infer_request()
+        request = openvino_request(self._onnx_file(model, name, workdir), threads, self.precision)
         return lambda x: request.infer({0: x.numpy()})
 
     def _fixed_shape(self, model: nn.Module, name: str, runtime: str, threads: int, workdir: Path) -> Callable:
@@ -242,9 +231,10 @@ class _Runner:
         from .export import load_executorch, load_litert, lower_executorch, lower_litert
 
         if runtime == "executorch":
-            with native_stderr_silenced():
+            with native_stderr_silenced():  # it reports its CPU probing and the reset itself
                 from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-            _unsafe_reset_threadpool(threads)  # XNNPACK's pool, shared by every program of the process
+
+                _unsafe_reset_threadpool(threads)  # XNNPACK's pool, shared by every program of the process
         model = model.cpu()
         runs: dict[tuple, Callable] = {}
 

@@ -132,13 +132,14 @@ def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_si
                    threads: int | None = None) -> Iterable[dict]:
     """Yield ``{"image": path, "predictions": [...]}`` per file, in order (``check_images`` first to fail early).
 
-    ``model`` may be fused (:func:`efficientvim.fuse`, any dtype). Images are decoded and preprocessed by
+    ``model`` may be fused (:func:`efficientvim.fuse`, any dtype) or run by a file runtime
+    (:func:`efficientvim.runtimes.inference_model`). Images are decoded and preprocessed by
     ``threads`` threads (default :func:`decode_threads`), one batch each, ahead of the model."""
     min_side = min_image_side(model)
     model.eval()
     transform = make_transform(model)
     names = class_names(model)
-    param = next(model.parameters())
+    device = next(model.parameters(), torch.empty(0)).device  # a file runtime (efficientvim.runtimes) has none
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
 
     def prepare(chunk: Sequence[Path]) -> torch.Tensor:
@@ -149,7 +150,7 @@ def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_si
         # one batch per thread in flight: the next batches are read while the model runs
         pending = [pool.submit(prepare, c) for c in chunks[:threads]]
         for i, chunk in enumerate(chunks):
-            batch = pending[i].result().to(param.device)
+            batch = pending[i].result().to(device)
             if i + threads < len(chunks):
                 pending.append(pool.submit(prepare, chunks[i + threads]))
             for path, preds in zip(chunk, top_k(model(batch), k, names)):

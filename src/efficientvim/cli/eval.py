@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import input_size, non_negative_int, positive_int, resolve_precision
+from .common import add_runtime_args, input_size, non_negative_int, positive_int, resolve_precision
 from .train import DENSE_TASKS
 
 HELP = "top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); mAP or mIoU with --task"
@@ -25,9 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, help="default 64 (dense tasks: 16)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes (default 2)")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="classification runs the fused model (efficientvim.fuse) in this precision; bf16 where "
-                   "the device has it natively (else fp32, with a note)")
+    add_runtime_args(p, "classification")
     p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
 
 
@@ -37,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task != "classification":
         wrong = [o for o, v in (("--model", args.model), ("--dataset", args.dataset), ("--img-size", args.img_size),
                                 ("--amp", args.amp), ("--strict-data", args.strict_data),
-                                ("--precision", args.precision != "fp32")) if v]
+                                ("--precision", args.precision != "fp32"), ("--runtime", args.runtime != "eager")) if v]
         if wrong:
             raise EfficientViMError(f"{', '.join(wrong)} applies to classification only, not --task {args.task}")
         from ..train.dense import evaluate_dense_checkpoint, metric_line
@@ -52,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size,
                             args.batch_size or 64, args.workers, args.amp, args.strict_data,
-                            resolve_precision(args.precision))
+                            resolve_precision(args.precision), args.runtime)
     print(f"{m['model']} at {m['img_size']}px on {m['images']} images: "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
     return 0

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import build_datasets
-from ..deploy import PRECISION_DTYPES, fuse
 from ..errors import CheckpointError, DataError
 from ..registry import create_model, load_model
+from ..runtimes import inference_model
 from ..weights import STAGE_LAYOUT, Checkpoint, save_weights
 from .engine import (
     RUN_ONLY_SETTINGS,
@@ -409,9 +409,11 @@ def evaluate_checkpoint(
     amp: bool = False,
     strict_data: bool = False,
     precision: str = "fp32",
+    runtime: str = "eager",
 ) -> dict[str, float]:
     """Top-1/top-5/loss of a checkpoint (the authors', timm's or ours) on a val split (default: digits val),
-    run by the fused model (``efficientvim.fuse``, equal to the model within 1e-4) in ``precision``."""
+    run by the fused model (``efficientvim.fuse``, equal to the model within 1e-4) in ``precision``, in
+    ``runtime`` (:func:`efficientvim.runtimes.inference_model`)."""
     d = init_distributed()
     ckpt = Checkpoint(checkpoint)
     if ckpt.metadata.get("architecture"):
@@ -426,7 +428,9 @@ def evaluate_checkpoint(
                                         need_train=False, val_classes=cfg.get("label_names"))
     if len(classes) != model.num_classes:
         raise DataError(f"{checkpoint} predicts {model.num_classes} classes but the data has {len(classes)}")
-    model = fuse(model.to(d.device), dtype=PRECISION_DTYPES[precision])
+    if runtime == "eager":
+        model = model.to(d.device)
+    model = inference_model(model, runtime, precision)
     metrics = evaluate(model, eval_loader(val_ds, batch_size, workers, d), d, amp_dtype_for(d.device, amp))
     close_distributed(d)
     metrics.update(model=model.model_name, img_size=size)
