@@ -27,6 +27,10 @@ _SOURCES = {
     "UnknownModelError": "errors",
     "count_flops": "flops",
     "HSMSSD": "hsm_ssd",
+    "HSMSSDBlock": "plug",
+    "C2fHSMSSD": "plug",
+    "C3k2HSMSSD": "plug",
+    "insert_hsmssd": "plug",
     "EfficientViM": "model",
     "EfficientViMBlock": "model",
     "EfficientViMFeatures": "model",
@@ -41,6 +45,8 @@ _SOURCES = {
     "save_weights": "weights",
 }
 __all__ = [
+    "C2fHSMSSD",
+    "C3k2HSMSSD",
     "Checkpoint",
     "CheckpointError",
     "EfficientViM",
@@ -48,6 +54,7 @@ __all__ = [
     "EfficientViMError",
     "EfficientViMFeatures",
     "HSMSSD",
+    "HSMSSDBlock",
     "ImageFileError",
     "InputSizeError",
     "UnknownModelError",
@@ -55,6 +62,7 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "fuse",
+    "insert_hsmssd",
     "list_models",
     "load_model",
     "model_config",
@@ -70,6 +78,7 @@ if TYPE_CHECKING:
     from .hsm_ssd import HSMSSD
     from .hub import push_to_hub, save_pretrained
     from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures
+    from .plug import C2fHSMSSD, C3k2HSMSSD, HSMSSDBlock, insert_hsmssd
     from .registry import create_model, from_pretrained, list_models, load_model, model_config
     from .weights import Checkpoint, save_weights
 

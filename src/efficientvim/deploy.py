@@ -160,6 +160,38 @@ def _stream_scale(block: EfficientViMBlock) -> torch.Tensor:
     return 1.0 - block.alpha[3].double().sigmoid()
 
 
+class FusedStateMixer(nn.Module):
+    """:class:`efficientvim.hsm_ssd.RecursiveStateMixer` on token-major hidden states (B, N, C), its output
+    scaled per channel by ``out_scale`` (folded into the innermost output projection: every level after it
+    is linear in it, per channel)."""
+
+    def __init__(self, mixer: nn.Module, out_scale: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.states = mixer.states
+        self.dim, self.eps = mixer.norm.normalized_shape[0], mixer.norm.eps
+        self.norm_weight = _frozen(mixer.norm.weight.double(), dtype)
+        self.norm_bias = _frozen(mixer.norm.bias.double(), dtype)
+        self.bcdt_weight = _frozen(mixer.BCdt_proj.conv.weight.double().squeeze(-1), dtype)  # (3 N', C)
+        self.inner = FusedStateMixer(mixer.inner, out_scale, dtype) if hasattr(mixer, "inner") else None
+        if self.inner is None:
+            self.d_inner = mixer.d_inner
+            self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
+            self.skip = _frozen(mixer.D.double(), dtype)
+            self.out_weight = _frozen(mixer.out_proj.conv.weight.double().squeeze(-1) * out_scale.view(-1, 1), dtype)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n = F.layer_norm(h, (self.dim,), self.norm_weight, self.norm_bias, self.eps)
+        b, c, dt = F.linear(n, self.bcdt_weight).split(self.states, dim=-1)  # each (B, N, N')
+        p = dt.transpose(1, 2).softmax(dim=-1) * b.transpose(1, 2)  # (B, N', N)
+        inner = torch.matmul(p, n)  # (B, N', C)
+        if self.inner is not None:
+            inner = self.inner(inner)
+        else:
+            inner, z = F.linear(inner, self.hz_weight).split(self.d_inner, dim=-1)
+            inner = F.linear(inner * (F.silu(z) + self.skip), self.out_weight)
+        return torch.matmul(c, inner)  # (B, N, C)
+
+
 class FusedBlock(nn.Module):
     """One EfficientViM block on a rescaled stream: reads x_true / in_scale, returns x_true / _stream_scale.
 
@@ -180,8 +212,10 @@ class FusedBlock(nn.Module):
         super().__init__()
         self.channels_first = channels_first
         mixer: HSMSSD = block.mixer
-        dim, state_dim = mixer.dim, mixer.state_dim
+        dim, state_dim, heads = mixer.dim, mixer.state_dim, mixer.num_heads
         self.dim, self.state_dim, self.d_inner, self.eps = dim, state_dim, mixer.d_inner, block.norm.eps
+        self.num_heads = heads
+        self.prev_scale: nn.Parameter | None = None  # hidden-state passing: set by FusedStage
         s = block.alpha.double().sigmoid()  # the four gates s0..s3, each (C,)
         keep = 1.0 - s  # (1 - s_i) in float64: exact enough even for strongly open gates
         r = s / keep
@@ -198,17 +232,23 @@ class FusedBlock(nn.Module):
         self.norm_bias = _frozen(block.norm.bias.double(), dtype)
         #    B, C and dt are padded with zero channels to a multiple of CHANNEL_BLOCK, which oneDNN and
         #    ONNX Runtime then run in whole blocks; the padding is split off and dropped.
-        pad = -3 * state_dim % CHANNEL_BLOCK
-        self.bcdt_split = (state_dim,) * 3 + ((pad,) if pad else ())
+        #    With H selection heads dt has H N channels (one softmax over tokens per head and state).
+        channels = (2 + heads) * state_dim
+        pad = -channels % CHANNEL_BLOCK
+        self.bcdt_split = (state_dim, state_dim, heads * state_dim) + ((pad,) if pad else ())
         proj = F.pad(mixer.BCdt_proj.conv.weight.double().flatten(1), (0, 0, 0, pad))
         self.bcdt_proj = TokenConv(_as_1x1(proj), None, 1, 1, False, dtype, channels_first)
         dw_bias = torch.cat([torch.zeros(2 * state_dim, dtype=torch.float64), mixer.A.double()])
         dw_weight, dw_bias = F.pad(mixer.dw.conv.weight.double(), (0, 0, 0, 0, 0, 0, 0, pad)), F.pad(dw_bias, (0, pad))
-        self.bcdt_dw = TokenConv(dw_weight, dw_bias, 1, 3 * state_dim + pad, False, dtype, channels_first)
-        self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
-        self.skip = _frozen(mixer.D.double(), dtype)  # d
-        # y enters the stream as r1 * y = (r1 * W_out g) C
-        self.out_weight = _frozen(mixer.out_proj.conv.weight.double().squeeze(-1) * r[1].view(-1, 1), dtype)
+        self.bcdt_dw = TokenConv(dw_weight, dw_bias, 1, channels + pad, False, dtype, channels_first)
+        # y enters the stream as r1 * y = (r1 * W_out g) C: r1 goes into the (innermost) output projection
+        self.state_mixer = None
+        if hasattr(mixer, "state_mixer"):  # recursive hidden-state mixing
+            self.state_mixer = FusedStateMixer(mixer.state_mixer, r[1], dtype)
+        else:
+            self.hz_weight = _frozen(mixer.hz_proj.conv.weight.double().squeeze(-1), dtype)
+            self.skip = _frozen(mixer.D.double(), dtype)  # d
+            self.out_weight = _frozen(mixer.out_proj.conv.weight.double().squeeze(-1) * r[1].view(-1, 1), dtype)
         self.state_scale = _frozen(1.0 / r[1], dtype)
 
         # 3. x = (1 - s2) x + s2 DW(x) on the stream scaled by (1 - s1)
@@ -232,22 +272,40 @@ class FusedBlock(nn.Module):
         self.fc2_weight = _frozen(_as_1x1(w2) if channels_first else w2, dtype)  # (C, hidden[, 1, 1])
         self.packed = (PackedWeights(), PackedWeights(), PackedWeights())  # hz_proj, out_proj, fc2
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _heads(self, dt: torch.Tensor, b: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """LN(x) P_h^T per head: dt (B, H N, L) with A, b (B, N, L), n (B, L, C) -> h (B, N, C)."""
+        batch, heads, states = n.shape[0], self.num_heads, self.state_dim
+        p = dt.reshape(batch, heads, states, -1).softmax(dim=-1) * b.unsqueeze(1)  # (B, H, N, L)
+        n = n.reshape(batch, n.shape[1], heads, self.dim // heads).transpose(1, 2)  # (B, H, L, C / H)
+        return torch.matmul(p, n).transpose(1, 2).reshape(batch, states, self.dim)
+
+    def _mix_states(self, h: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """r1 * f(h + h_prev) on token-major hidden states (B, N, C)."""
+        if prev is not None and self.prev_scale is not None:
+            h = h + prev * self.prev_scale  # the previous block returned r1' * h': back to h'
+        if self.state_mixer is not None:
+            return self.state_mixer(h)
+        h, z = packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
+        return packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels_first:
-            return self._forward_channels_first(x)
+            return self._forward_channels_first(x, prev)
         batch, height, width, _ = x.shape
         dim = self.dim  # a constant, so exported graphs keep a static normalized_shape
         x = self.dwconv1(x)
         n = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n)).reshape(batch, height * width, -1)
-        b, c, dt = bcdt.split(self.bcdt_split, dim=-1)[:3]  # each (B, L, N); dt already + A
-        # P^T = A * B (B, N, L), A a distribution over the L tokens; softmax over the last axis of the
-        # transposed view is several times faster than over the strided token axis
-        p = dt.transpose(1, 2).softmax(dim=-1).mul_(b.transpose(1, 2))
+        b, c, dt = bcdt.split(self.bcdt_split, dim=-1)[:3]  # b, c (B, L, N); dt (B, L, H N), already + A
         tokens = x.reshape(batch, height * width, dim)
-        h = torch.bmm(p, n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
-        h, z = packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
-        h = packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h, (B, N, C)
+        if self.num_heads == 1:
+            # P^T = A * B (B, N, L), A a distribution over the L tokens; softmax over the last axis of the
+            # transposed view is several times faster than over the strided token axis
+            p = dt.transpose(1, 2).softmax(dim=-1).mul_(b.transpose(1, 2))
+            h = torch.bmm(p, n.reshape(batch, height * width, dim))  # LN(x) P^T, (B, N, C)
+        else:
+            h = self._heads(dt.transpose(1, 2), b.transpose(1, 2), n.reshape(batch, height * width, dim))
+        h = self._mix_states(h, prev)  # r1 * h, (B, N, C)
         x = accumulate(torch.baddbmm, tokens, c, h).view(batch, height, width, dim)  # x + r1 * (h C)
         x = self.dwconv2(x)
         hidden = self.fc1(x)
@@ -259,7 +317,8 @@ class FusedBlock(nn.Module):
                        self.packed[2])
         return x.view(batch, height, width, dim), h
 
-    def _forward_channels_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_channels_first(self, x: torch.Tensor, prev: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same block on NCHW maps, for runtimes whose convolutions want NCHW (ONNX Runtime):
         the 1x1 projections over tokens are convolutions and B, C, dt are (B, N, L)."""
         batch, _, height, width = x.shape
@@ -270,11 +329,19 @@ class FusedBlock(nn.Module):
         x = self.dwconv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
         n_tokens = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).flatten(2)
-        b, c, dt = bcdt.split(self.bcdt_split, dim=1)[:3]  # each (B, N, L); dt already + A
-        p = dt.softmax(dim=-1) * b
-        h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
-        h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
-        h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
+        b, c, dt = bcdt.split(self.bcdt_split, dim=1)[:3]  # b, c (B, N, L); dt (B, H N, L), already + A
+        if self.num_heads == 1:
+            p = dt.softmax(dim=-1) * b
+            h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
+        else:
+            h = self._heads(dt, b, n_tokens.reshape(batch, -1, dim))
+        if prev is not None and self.prev_scale is not None:
+            h = h + prev * self.prev_scale
+        if self.state_mixer is not None:
+            h = self.state_mixer(h)
+        else:
+            h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
+            h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
         x = x.reshape(batch, -1, dim) + torch.matmul(c.transpose(1, 2), h)  # (B, L, C)
         x = self.dwconv2(x.view(batch, height, width, dim).permute(0, 3, 1, 2))
         hidden = self.fc1(x)
@@ -327,7 +394,10 @@ class FusedStage(nn.Module):
         scale = torch.ones(stage.blocks[0].alpha.shape[1], dtype=torch.float64)
         blocks = []
         for block in stage.blocks:
-            blocks.append(FusedBlock(block, scale, dtype, channels_first))
+            fused = FusedBlock(block, scale, dtype, channels_first)
+            if stage.state_passing and blocks:  # the previous block's returned state times its 1 / r1
+                fused.prev_scale = _frozen(blocks[-1].state_scale.double(), dtype)
+            blocks.append(fused)
             scale = _stream_scale(block)
         self.blocks = nn.ModuleList(blocks)
         self.downsample = None
@@ -337,9 +407,9 @@ class FusedStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the rescaled stage output (B, H, W, C) and the last block's rescaled hidden state."""
-        h = x
+        h: torch.Tensor | None = None
         for block in self.blocks:
-            x, h = block(x)
+            x, h = block(x, h)
         return x, h
 
 

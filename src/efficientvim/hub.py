@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import CheckpointError
-from .weights import STAGE_LAYOUT, save_weights
+from .weights import SSD_OPTIONS, STAGE_LAYOUT, model_layout, save_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -111,7 +111,8 @@ def source_settings(config: Mapping) -> tuple[str, dict, dict]:
     """(registered model name, create_model arguments, preprocessing metadata) of a config.json, ours or
     timm's: the architecture without a weights tag or the ``_ev`` suffix of our timm registration."""
     name = config["architecture"].partition(".")[0].removesuffix("_ev")
-    args = {k: tuple(v) if k in STAGE_LAYOUT else v for k, v in (config.get("model_args") or {}).items()}
+    args = {k: tuple(v) if k in STAGE_LAYOUT or k in SSD_OPTIONS else v
+            for k, v in (config.get("model_args") or {}).items()}
     cfg = config.get("pretrained_cfg") or {}
     meta = {k: cfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean", "std") if cfg.get(k) is not None}
     labels = config.get("label_names") or cfg.get("label_names")
@@ -122,9 +123,10 @@ def source_settings(config: Mapping) -> tuple[str, dict, dict]:
 
 def hub_config(model: nn.Module) -> dict:
     """config.json for ``model`` in timm's hub layout (what ``timm.create_model("hf-hub:...")`` reads). The
-    stage layout is always written, so a narrowed or deepened variant rebuilds in either port."""
+    stage layout is always written, so a narrowed or deepened variant rebuilds in either port (the HSM-SSD
+    variants, which timm's port does not have, only when used)."""
     cfg = dict(model.pretrained_cfg)
-    args = {k: list(getattr(model, k)) for k in STAGE_LAYOUT}
+    args = model_layout(model)
     if model.in_chans != 3:
         args["in_chans"] = model.in_chans
     return {

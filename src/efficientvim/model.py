@@ -34,12 +34,13 @@ class EfficientViMBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, state_dim: int, mlp_ratio: float = 4.0, ssd_expand: float = 1.0, drop_path: float = 0.0
+        self, dim: int, state_dim: int, mlp_ratio: float = 4.0, ssd_expand: float = 1.0, drop_path: float = 0.0,
+        num_heads: int = 1, mixer_depth: int = 0,
     ) -> None:
         super().__init__()
         self.dwconv1 = DepthwiseConvNorm(dim, bn_weight_init=0.0)
         self.norm = ChannelLayerNorm(dim)
-        self.mixer = HSMSSD(dim, state_dim, ssd_expand)
+        self.mixer = HSMSSD(dim, state_dim, ssd_expand, num_heads=num_heads, mixer_depth=mixer_depth)
         self.dwconv2 = DepthwiseConvNorm(dim, bn_weight_init=0.0)
         self.ffn = FFN(dim, int(dim * mlp_ratio))
         self.alpha = nn.Parameter(torch.full((4, dim), 1e-4))  # gate logits, one row per branch
@@ -54,10 +55,11 @@ class EfficientViMBlock(nn.Module):
         # (1 - s) x + s f(x) written as x + s (f(x) - x) so stochastic depth drops the whole branch
         return x + self.drop_path(s * (fx - x))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, prev_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(new map, hidden state); ``prev_state``: the previous block's hidden state, for hidden-state passing."""
         s = self.alpha.sigmoid().view(4, 1, -1, 1, 1)
         x = self.dwconv1(x) if self.gates_folded else self._gate(x, self.dwconv1(x), s[0])
-        y, h = self.mixer(self.norm(x))
+        y, h = self.mixer(self.norm(x), None, prev_state)
         x = self._gate(x, y, s[1])
         x = self.dwconv2(x) if self.gates_folded else self._gate(x, self.dwconv2(x), s[2])
         x = self._gate(x, self.ffn(x), s[3])
@@ -89,31 +91,46 @@ class EfficientViMStage(nn.Module):
         mlp_ratio: float = 4.0,
         ssd_expand: float = 1.0,
         drop_path: Sequence[float] = (),
+        num_heads: int = 1,
+        mixer_depth: int = 0,
+        state_passing: bool = False,
     ) -> None:
         super().__init__()
         rates = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList(
-            EfficientViMBlock(dim, state_dim, mlp_ratio, ssd_expand, rates[i]) for i in range(depth)
+            EfficientViMBlock(dim, state_dim, mlp_ratio, ssd_expand, rates[i], num_heads, mixer_depth)
+            for i in range(depth)
         )
         self.downsample = PatchMerging(dim, out_dim) if out_dim else None
         self.grad_checkpointing = False
+        self.state_passing = state_passing  # each block after the first adds the previous block's hidden state
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (stage output map, input of the next stage, hidden state of the last block)."""
         h = x.new_empty(0)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            prev: torch.Tensor | None = h if self.state_passing and i > 0 else None
             if self.grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
-                x, h = _checkpointed(block, x)
+                x, h = _checkpointed(block, x, prev)
             else:
-                x, h = block(x)
+                x, h = block(x, prev)
         nxt = self.downsample(x) if self.downsample is not None else x
         return x, nxt, h
 
 
 @torch.jit.ignore
-def _checkpointed(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``block(x)`` under activation checkpointing (training only; TorchScript does not compile it)."""
-    return checkpoint(block, x, use_reentrant=False)
+def _checkpointed(block: nn.Module, x: torch.Tensor, prev: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block(x, prev)`` under activation checkpointing (training only; TorchScript does not compile it)."""
+    return checkpoint(block, x, prev, use_reentrant=False)
+
+
+def per_stage(value, stages: int, name: str, kind: type) -> tuple:
+    """``value`` for every stage: one value repeated, or a sequence of one per stage."""
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * stages
+    if len(values) != stages:
+        raise ValueError(f"{name} needs one value, or one per stage ({stages}), got {tuple(values)}")
+    return tuple(kind(v) for v in values)
 
 
 def _check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
@@ -149,6 +166,9 @@ class _Trunk(nn.Module):
         mlp_ratio: float,
         ssd_expand: float,
         drop_path_rate: float,
+        num_heads: int | Sequence[int] = 1,
+        mixer_depth: int | Sequence[int] = 0,
+        state_passing: bool | Sequence[bool] = False,
     ) -> None:
         super().__init__()
         if not len(embed_dim) == len(depths) == len(state_dim):
@@ -158,6 +178,10 @@ class _Trunk(nn.Module):
         self.depths = tuple(depths)
         self.state_dim = tuple(state_dim)
         self.num_stages = len(depths)
+        # the HSM-SSD variants (hsm_ssd.HSMSSD), one value for every stage or one per stage
+        self.num_heads = per_stage(num_heads, self.num_stages, "num_heads", int)
+        self.mixer_depth = per_stage(mixer_depth, self.num_stages, "mixer_depth", int)
+        self.state_passing = per_stage(state_passing, self.num_stages, "state_passing", bool)
         self.patch_embed = Stem(in_chans, embed_dim[0])
         total = sum(depths)
         # stochastic depth ramps linearly over the blocks (plain floats: also builds on the meta device)
@@ -167,7 +191,8 @@ class _Trunk(nn.Module):
             out_dim = embed_dim[i + 1] if i + 1 < len(depths) else None
             stages.append(
                 EfficientViMStage(
-                    embed_dim[i], out_dim, depth, state_dim[i], mlp_ratio, ssd_expand, rates[start : start + depth]
+                    embed_dim[i], out_dim, depth, state_dim[i], mlp_ratio, ssd_expand, rates[start : start + depth],
+                    self.num_heads[i], self.mixer_depth[i], self.state_passing[i],
                 )
             )
             start += depth
@@ -231,8 +256,12 @@ class EfficientViM(_Trunk):
         drop_path_rate: float = 0.0,
         distilled: bool = False,
         global_pool: str = "avg",
+        num_heads: int | Sequence[int] = 1,
+        mixer_depth: int | Sequence[int] = 0,
+        state_passing: bool | Sequence[bool] = False,
     ) -> None:
-        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
+        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate, num_heads,
+                         mixer_depth, state_passing)
         _check_global_pool(global_pool)
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -442,8 +471,12 @@ class EfficientViMFeatures(_Trunk):
         drop_path_rate: float = 0.0,
         out_indices: Sequence[int] = (0, 1, 2),
         stem_strides: Sequence[int] = (),
+        num_heads: int | Sequence[int] = 1,
+        mixer_depth: int | Sequence[int] = 0,
+        state_passing: bool | Sequence[bool] = False,
     ) -> None:
-        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate)
+        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate, num_heads,
+                         mixer_depth, state_passing)
         n = self.num_stages
         if any(not -n <= i < n for i in out_indices):
             raise ValueError(f"out_indices number the {n} stages: each must lie in [-{n}, {n}), "

@@ -14,8 +14,8 @@ from torch import nn
 
 from . import hub
 from .errors import CheckpointError, UnknownModelError
-from .model import EfficientViM, EfficientViMFeatures
-from .weights import Checkpoint, load_into
+from .model import EfficientViM, EfficientViMFeatures, per_stage
+from .weights import SSD_OPTIONS, Checkpoint, load_into
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ def create_model(
         features_only: return an :class:`EfficientViMFeatures` returning stage maps
             (``out_indices`` selects stages as timm numbers them, 0-2 at strides 16-64;
             ``stem_strides=(4, 8)`` adds the stem's finer maps).
-        **overrides: other constructor arguments (``mlp_ratio``, ``drop_rate``, ``out_indices``...).
+        **overrides: other constructor arguments (``mlp_ratio``, ``drop_rate``, ``out_indices``...), among
+            them the HSM-SSD variants, one value or one per stage: ``num_heads`` (selection heads),
+            ``mixer_depth`` (recursive hidden-state mixing), ``state_passing`` (see :class:`HSMSSD`).
     """
     source_meta: dict = {}
     if hub.is_source(name):
@@ -153,6 +155,11 @@ def create_model(
     arch = dict(embed_dim=cfg["embed_dim"], depths=cfg["depths"], state_dim=cfg["state_dim"])
     overridden = {k: tuple(overrides.pop(k)) for k in list(overrides) if k in arch}
     arch.update(overridden)
+    stages = len(arch["depths"])
+    for key, default in SSD_OPTIONS.items():  # the HSM-SSD variants: one value or one per stage
+        if key in overrides:
+            overridden[key] = per_stage(overrides.pop(key), stages, key, type(default))
+            arch[key] = overridden[key]
 
     ckpt = None
     if isinstance(checkpoint, Checkpoint):

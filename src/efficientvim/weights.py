@@ -32,6 +32,19 @@ ENVELOPE_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
 HEAD_PREFIXES = ("heads.", "heads_dist.")
 HEAD_KEYS = ("weights", "weights_dist")
 STAGE_LAYOUT = ("embed_dim", "depths", "state_dim")  # constructor arguments save_weights records
+# the HSM-SSD variants (per stage), recorded only when not the paper's: default files stay as they were
+SSD_OPTIONS = {"num_heads": 1, "mixer_depth": 0, "state_passing": False}
+
+
+def model_layout(model: nn.Module) -> dict[str, list]:
+    """The constructor arguments that rebuild ``model``'s shape: its stage layout, and the HSM-SSD variants
+    it uses (``num_heads``, ``mixer_depth``, ``state_passing``) where they differ from the paper's."""
+    layout = {k: list(getattr(model, k)) for k in STAGE_LAYOUT if hasattr(model, k)}
+    for key, default in SSD_OPTIONS.items():
+        values = list(getattr(model, key, ()))
+        if any(v != default for v in values):
+            layout[key] = values
+    return layout
 
 
 class Checkpoint:
@@ -101,8 +114,9 @@ class Checkpoint:
 
     @property
     def stage_layout(self) -> dict[str, tuple[int, ...]]:
-        """The stage layout a ``save_weights`` file records (``embed_dim``, ``depths``, ``state_dim``)."""
-        return {k: tuple(self.metadata[k]) for k in STAGE_LAYOUT if self.metadata.get(k)}
+        """The stage layout a ``save_weights`` file records (``embed_dim``, ``depths``, ``state_dim``, and the
+        HSM-SSD variants where they are not the paper's)."""
+        return {k: tuple(self.metadata[k]) for k in (*STAGE_LAYOUT, *SSD_OPTIONS) if self.metadata.get(k)}
 
     @property
     def num_classes(self) -> int | None:
@@ -275,7 +289,7 @@ def save_weights(
         "std": list(cfg.get("std", IMAGENET_DEFAULT_STD)),
         "class_names": list(names) if names is not None else None,
         # the stage layout, so load_model also rebuilds models made with overrides of a registered variant
-        **{k: list(getattr(model, k)) for k in STAGE_LAYOUT if hasattr(model, k)},
+        **model_layout(model),
         **extra,
     }
     if meta["architecture"] is None:

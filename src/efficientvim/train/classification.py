@@ -24,7 +24,7 @@ from ..data import build_datasets
 from ..errors import CheckpointError, DataError
 from ..registry import create_model, load_model
 from ..runtimes import inference_model
-from ..weights import STAGE_LAYOUT, Checkpoint, save_weights
+from ..weights import Checkpoint, model_layout, save_weights
 from .engine import (
     RUN_ONLY_SETTINGS,
     Distributed,
@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
         return dict(architecture=name, num_classes=len(classes), in_chans=3, class_names=list(classes),
                     input_size=[3, cfg.img_size, cfg.img_size], crop_pct=cfg_dict["crop_pct"],
                     interpolation=cfg_dict["interpolation"], mean=list(mean), std=list(std),
-                    **{k: list(getattr(unwrap(model), k)) for k in STAGE_LAYOUT}, config=cfg.to_dict())
+                    **model_layout(unwrap(model)), config=cfg.to_dict())
 
     def export(path: Path, metrics: dict[str, float], epoch: int) -> None:
         weights, which = better_weights(metrics)
