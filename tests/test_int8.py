@@ -166,3 +166,22 @@ def test_eval_and_predict_run_in_a_file_runtime(digits_model, runtime, capsys, t
                      "bf16"]) == 2
         err = capsys.readouterr().err
         assert "--runtime onnxruntime runs fp32, not bf16" in err and err.count("\n") == 1
+
+
+def test_a_failed_quantization_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's shape inference fails on timm's EfficientViT and used to leave its weight files behind
+    in the user's working directory (found by `efficientvim bench --precision int8` on the peers)."""
+    import timm
+
+    from efficientvim.export import write_onnx
+    from efficientvim.quantize import quantize_onnx
+
+    model = timm.create_model("efficientvit_m0", pretrained=False).eval()
+    write_onnx(model, tmp_path / "peer.onnx")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    images = [torch.randn(3, 224, 224) for _ in range(2)]
+    with pytest.raises(Exception, match="symbolic shape inference"):
+        quantize_onnx(tmp_path / "peer.onnx", tmp_path / "peer.int8.onnx", images)
+    assert list(work.iterdir()) == []

@@ -32,12 +32,13 @@ def gated(h, hz, out, d, d_inner):
 
 
 def reference_mixer(m: RecursiveStateMixer, h: torch.Tensor) -> torch.Tensor:
-    """A recursive mixer on (B, D, N), written out: normalise, compress to N' states, mix, expand back."""
+    """A recursive mixer on (B, D, N), written out: select from the normalised states, compress the states to
+    N', mix, expand back."""
     mean, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
     n = (h - mean) / (var + m.norm.eps).sqrt() * m.norm.weight[:, None] + m.norm.bias[:, None]
     b, c, dt = torch.einsum("od,bdn->bon", m.BCdt_proj.conv.weight[..., 0], n).split(m.states, dim=1)
     a = torch.softmax(dt, dim=-1)  # over the N states
-    inner = torch.einsum("bdn,bkn->bdk", n, a * b)
+    inner = torch.einsum("bdn,bkn->bdk", h, a * b)
     if m.depth > 1:
         inner = reference_mixer(m.inner, inner)
     else:
@@ -207,3 +208,15 @@ def test_variants_train_and_give_features(tmp_path):
     assert [m.shape[1] for m in maps] == [32, 48, 64]
     for a, b in zip(maps, fused):
         assert ((a - b).abs().max() / a.abs().max()).item() <= 1e-4
+
+
+def test_a_dense_head_on_a_variant_trunk():
+    from efficientvim.dense import create_segmenter
+
+    trunk = ev.create_model("efficientvim_m1", features_only=True, stem_strides=(4, 8), **TINY, **VARIANTS["all"])
+    segmenter = create_segmenter("semantic_fpn", trunk, num_classes=3, fpn_channels=32, channels=16)
+    x = torch.randn(2, 3, 128, 160)
+    logits = segmenter(x)
+    assert logits.shape == (2, 3, 128, 160)
+    logits.mean().backward()
+    assert trunk.stages[0].blocks[1].mixer.state_mixer.BCdt_proj.conv.weight.grad.abs().sum() > 0

@@ -183,7 +183,7 @@ class FusedStateMixer(nn.Module):
         n = F.layer_norm(h, (self.dim,), self.norm_weight, self.norm_bias, self.eps)
         b, c, dt = F.linear(n, self.bcdt_weight).split(self.states, dim=-1)  # each (B, N, N')
         p = dt.transpose(1, 2).softmax(dim=-1) * b.transpose(1, 2)  # (B, N', N)
-        inner = torch.matmul(p, n)  # (B, N', C)
+        inner = torch.matmul(p, h)  # (B, N', C): the raw states
         if self.inner is not None:
             inner = self.inner(inner)
         else:

@@ -76,12 +76,21 @@ def set_input_size(model: nn.Module, size: int) -> None:
     cfg["input_size"] = (cfg["input_size"][0], size, size)
 
 
-def make_transform(model: nn.Module, size: tuple[int, int] | None = None) -> Callable[[Image.Image], torch.Tensor]:
+FULL_RESOLUTION = "full"  # make_transform's size for images kept at their own size
+
+
+def make_transform(model: nn.Module, size: tuple[int, int] | str | None = None
+                   ) -> Callable[[Image.Image], torch.Tensor]:
     """The model's evaluation preprocessing as a timm transform: PIL image -> normalised (C, H, W) tensor, at
-    the model's input size or ``size`` (height, width)."""
+    the model's input size or ``size`` (height, width); ``size="full"`` keeps each image at its own size
+    (no resize or crop: large images, where the linear cost of HSM-SSD pays), only normalised."""
     from timm.data import create_transform, resolve_model_data_config
 
     config = resolve_model_data_config(model)
+    if size == FULL_RESOLUTION:
+        from torchvision import transforms
+
+        return transforms.Compose([transforms.ToTensor(), transforms.Normalize(config["mean"], config["std"])])
     if size is not None:
         config["input_size"] = (config["input_size"][0], *size)
     return create_transform(**config)
@@ -119,9 +128,11 @@ def decode_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def check_images(model: nn.Module, paths: Sequence[Path], threads: int | None = None) -> None:
-    """Read every file once, so that a bad one stops a run before any work is done or output printed."""
-    min_side = min_image_side(model)
+def check_images(model: nn.Module, paths: Sequence[Path], threads: int | None = None,
+                 full_resolution: bool = False) -> None:
+    """Read every file once, so that a bad one stops a run before any work is done or output printed; at full
+    resolution each image is the input itself, so it must be at least the network's total stride."""
+    min_side = model.total_stride if full_resolution else min_image_side(model)
     with ThreadPoolExecutor(threads or decode_threads()) as pool:
         for _ in pool.map(lambda p: load_image(p, min_side).size, paths):  # the first bad file raises here
             pass
@@ -129,15 +140,17 @@ def check_images(model: nn.Module, paths: Sequence[Path], threads: int | None = 
 
 @torch.no_grad()
 def classify_files(model: nn.Module, paths: Sequence[Path], k: int = 5, batch_size: int = 16,
-                   threads: int | None = None) -> Iterable[dict]:
+                   threads: int | None = None, full_resolution: bool = False) -> Iterable[dict]:
     """Yield ``{"image": path, "predictions": [...]}`` per file, in order (``check_images`` first to fail early).
 
     ``model`` may be fused (:func:`efficientvim.fuse`, any dtype) or run by a file runtime
     (:func:`efficientvim.runtimes.inference_model`). Images are decoded and preprocessed by
-    ``threads`` threads (default :func:`decode_threads`), one batch each, ahead of the model."""
-    min_side = min_image_side(model)
+    ``threads`` threads (default :func:`decode_threads`), one batch each, ahead of the model.
+    ``full_resolution``: each image at its own size, one per batch (see :func:`make_transform`)."""
+    min_side = model.total_stride if full_resolution else min_image_side(model)
     model.eval()
-    transform = make_transform(model)
+    transform = make_transform(model, FULL_RESOLUTION if full_resolution else None)
+    batch_size = 1 if full_resolution else batch_size
     names = class_names(model)
     device = next(model.parameters(), torch.empty(0)).device  # a file runtime (efficientvim.runtimes) has none
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]

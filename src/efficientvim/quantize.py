@@ -15,6 +15,7 @@ top-1 agreement with the float32 PyTorch model on images it was not calibrated o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -84,7 +85,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, im
             batch = next(batches, None)
             return None if batch is None else {"images": batch}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
+    # in a scratch folder: ONNX Runtime's shape inference writes weight files to the working directory and
+    # leaves them there when it fails (seen with EfficientViT)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference and graph clean-up, as ORT advises
         quant.quantize_static(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .predict import class_names, make_transform, top_k
+from .predict import FULL_RESOLUTION, class_names, make_transform, top_k
 
 STATES_SHOWN = 8  # most concentrated states drawn per stage
 OWNER_MIN_RATIO = 1.5  # a token has an owner if some state weights it at least 1.5x the uniform 1/(H W)
@@ -75,11 +75,13 @@ class StateReport:
 
 
 @torch.no_grad()
-def state_report(model: nn.Module, image: Image.Image, k: int = 5) -> StateReport:
-    """Run ``model`` on ``image`` with its own preprocessing and collect the hidden-state maps."""
+def state_report(model: nn.Module, image: Image.Image, k: int = 5, full_resolution: bool = False) -> StateReport:
+    """Run ``model`` on ``image`` with its own preprocessing (or, ``full_resolution``, at the image's own size)
+    and collect the hidden-state maps."""
     model.eval()
     param = next(model.parameters())
-    x = make_transform(model)(image).unsqueeze(0).to(param.device, param.dtype)
+    x = make_transform(model, FULL_RESOLUTION if full_resolution else None)(image).unsqueeze(0)
+    x = x.to(param.device, param.dtype)
     maps, logits = hidden_state_maps(model, x)
     predictions = top_k(logits, k, class_names(model))[0]
     cfg = model.pretrained_cfg

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..errors import EfficientViMError
 from .common import (
     add_model_args,
     add_runtime_args,
@@ -27,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--json", action="store_true", help="print one JSON array with an entry per image")
     add_runtime_args(p, "predict")
+    p.add_argument("--full-resolution", action="store_true",
+                   help="classify each image at its own size, no resize or crop, one image per batch (large "
+                   "images: satellite, medical, scans; HSM-SSD's cost grows linearly with the pixels)")
     p.add_argument("--threads", type=positive_int,
                    help="image decoding threads (default: up to 4, one per core)")
 
@@ -36,17 +40,19 @@ def run(args: argparse.Namespace) -> int:
 
     skipped: list = []
     paths = expand_inputs(args.images, skipped)
+    if args.img_size is not None and args.full_resolution:
+        raise EfficientViMError("--img-size and --full-resolution exclude each other: choose one")
     model = model_from_args(args)
     if args.img_size is not None:
         set_input_size(model, args.img_size)
-    check_images(model, paths)
+    check_images(model, paths, full_resolution=args.full_resolution)
     warn_if_random(args)
     if skipped:
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         print(f"note: skipped {len(skipped)} files that are not images Pillow reads: "
               f"{', '.join(map(str, skipped[:3]))}{more}", file=sys.stderr)
     runner = inference_for(model, args.precision, args.runtime)
-    results = classify_files(runner, paths, args.topk, args.batch_size, args.threads)
+    results = classify_files(runner, paths, args.topk, args.batch_size, args.threads, args.full_resolution)
     if args.json:
         print(json.dumps(list(results), indent=2))
         return 0
