@@ -185,3 +185,22 @@ def test_a_failed_quantization_leaves_nothing_in_the_working_directory(tmp_path,
     with pytest.raises(Exception, match="symbolic shape inference"):
         quantize_onnx(tmp_path / "peer.onnx", tmp_path / "peer.int8.onnx", images)
     assert list(work.iterdir()) == []
+
+
+def test_pt2e_x86_int8_keeps_the_digits_accuracy(digits_model):
+    """PyTorch 2 export quantization with the X86 Inductor quantizer, compiled: the torch users' int8."""
+    pytest.importorskip("torchao", reason="the [executorch] extra (which brings torchao) is not installed")
+    from efficientvim.quantize import quantize_pt2e
+
+    model = ev.load_model(digits_model / "run" / "best.safetensors").eval()
+    int8 = quantize_pt2e(model)
+    val = DigitsDataset("val", make_transform(model))
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = np.array(val.targets)
+    with torch.no_grad():
+        fp32, got = model(x).argmax(1).numpy(), int8(x).argmax(1).numpy()
+        one = int8(x[:1])  # a single image runs too (as a batch of two copies)
+        torch.testing.assert_close(one, int8(x[:2])[:1], rtol=1e-5, atol=1e-5)
+    assert 100 * (fp32 == y).mean() >= 80.0
+    assert 100 * (got == y).mean() >= 100 * (fp32 == y).mean() - 1.0
+    assert 100 * (got == fp32).mean() >= 97.0

@@ -311,7 +311,7 @@ class FusedBlock(nn.Module):
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
             x = x + self.ffn_bias
-        if x.numel() <= PACKED_GEMM_TOKENS * dim and eager():
+        if eager() and x.numel() <= PACKED_GEMM_TOKENS * dim:  # eager() first: no size guard when exported
             return x.add_(packed_linear(hidden, self.fc2_weight, None, self.packed[2])), h
         x = accumulate(torch.addmm, x.view(-1, dim), hidden.view(-1, hidden.shape[-1]), self.fc2_weight.t(),
                        self.packed[2])

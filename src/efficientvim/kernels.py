@@ -159,10 +159,14 @@ def packed_linear(
     holds one packed weight per token count (a batch-1 model sees the same few every call).
     Other dtypes and devices, traced graphs and torch.compile (which packs weights itself) take F.linear.
     """
-    rows = x.numel() // x.shape[-1]
-    if GEMM_LIBRARY == "onednn" and _native_cpu_fp32(x):
+    # the size test comes last: under torch.export a comparison of symbolic sizes becomes a guard on the
+    # exported graph's input shapes, even where the eager path is not taken
+    if not _native_cpu_fp32(x):
+        return F.linear(x, weight, bias)
+    if GEMM_LIBRARY == "onednn":
         return onednn_linear(x, weight, bias, packed)
-    if not (MKL_PACKED and rows <= PACKED_GEMM_TOKENS and _native_cpu_fp32(x)):
+    rows = x.numel() // x.shape[-1]
+    if not (MKL_PACKED and rows <= PACKED_GEMM_TOKENS):
         return F.linear(x, weight, bias)
     packed_weight = packed.get_or_pack(rows, weight, lambda: torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
     return torch.ops.mkl._mkl_linear(x, packed_weight, weight, bias, rows)
@@ -179,9 +183,10 @@ def packed_conv2d(
     absent, for large dense convolutions (see ``PACKED_CONV_ELEMENTS``), and for other dtypes and
     devices, traced graphs and torch.compile.
     """
-    # bf16, and oneDNN's float32 on AMD: the pre-reordered weight (and its fused ReLU) at every size
-    small = groups > 1 or x.numel() <= PACKED_CONV_ELEMENTS or x.dtype == torch.bfloat16 or GEMM_LIBRARY == "onednn"
-    if not (MKLDNN_PACKED and small and _packable_conv(x)):
+    # bf16, and oneDNN's float32 on AMD: the pre-reordered weight (and its fused ReLU) at every size; the size
+    # test last (see packed_linear)
+    if not (MKLDNN_PACKED and _packable_conv(x) and (groups > 1 or x.dtype == torch.bfloat16 or GEMM_LIBRARY ==
+                                                     "onednn" or x.numel() <= PACKED_CONV_ELEMENTS)):
         x = F.conv2d(x, weight, bias, stride, padding, 1, groups)
         return x.relu_() if relu else x  # in place: the conv output is a fresh tensor
     pad, step = [padding, padding], [stride, stride]

@@ -154,3 +154,57 @@ def top1_agreement(reference: nn.Module, run, images: Sequence[torch.Tensor]) ->
             expected = reference(torch.from_numpy(batch)).argmax(1).numpy()
         agree += int((np.asarray(run(batch)).argmax(1) == expected).sum())
     return 100.0 * agree / len(images)
+
+
+def quantize_pt2e(model: nn.Module, calibration: str | os.PathLike | None = None,
+                  count: int = CALIBRATION_IMAGES) -> nn.Module:
+    """An int8 copy of ``model`` for PyTorch on x86 CPUs, by PyTorch 2 export quantization.
+
+    The fused NCHW graph is exported (``torch.export``, batch, height and width dynamic), quantized by
+    torchao's X86 Inductor quantizer (int8 weights per output channel, uint8 activations: what oneDNN's VNNI
+    and AMX kernels run), calibrated on ``count`` images of ``calibration`` (as :func:`calibration_images`
+    reads it), and compiled by Inductor with frozen weights, which lowers the quantize / dequantize pairs into
+    int8 convolutions and matrix products. Takes float32 NCHW images and returns logits; the first call of
+    each input shape compiles (tens of seconds). Sides are free above the total stride (65 px and more); a
+    model made for exactly the stride (64 px) takes that size only.
+    torchao comes with the ``[executorch]`` extra.
+    """
+    import_extra("torchao", "executorch", "PT2E int8 quantization")
+    from torch.fx.experimental import _config as fx_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    from .export import _prepare
+
+    reference, graph = _prepare(model)
+    images = calibration_images(reference, calibration, count)
+    stride = reference.total_stride
+    # sides from stride + 1: at exactly the stride the last map is 1 x 1, which export traces apart; a model
+    # made for that size (the digits model) keeps it fixed
+    dims = {0: torch.export.Dim("batch", min=1, max=1024)}
+    for axis, side in ((2, "height"), (3, "width")):
+        if images[0].shape[axis - 1] > stride:
+            dims[axis] = torch.export.Dim(side, min=stride + 1, max=16384)
+    # size-oblivious: a batch of 1 takes the graph traced at batch 2 (export would otherwise guard on >= 2)
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+        exported = torch.export.export(graph, (torch.zeros(2, *images[0].shape),), dynamic_shapes=(dims,)).module()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        for batch in _batches(images):
+            prepared(torch.from_numpy(batch))
+        converted = convert_pt2e(prepared)
+    return _BatchOfTwoAtLeast(torch.compile(converted, options={"freezing": True}))
+
+
+class _BatchOfTwoAtLeast(nn.Module):
+    """Runs a single image as a batch of two copies: the exported graph keeps a guard against batch 1 (its
+    traced 0/1 specialisation) that size-oblivious export did not remove."""
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return self.compiled(x.expand(2, -1, -1, -1))[:1]
+        return self.compiled(x)

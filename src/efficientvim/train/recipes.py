@@ -194,8 +194,11 @@ def build_config(
     values = dict(RECIPES[name])
     if (cli_values.get("data") or file_values.get("data")) is None:
         values.update(DIGITS_DEFAULTS)
-    values.update(file_values)
-    values.update(cli_values)
+    for layer in (file_values, cli_values):
+        # model arguments add up key by key: `--model-arg num_heads=2` keeps the digits model's widths
+        if isinstance(layer.get("model_args"), dict) and isinstance(values.get("model_args"), dict):
+            layer = {**layer, "model_args": {**values["model_args"], **layer["model_args"]}}
+        values.update(layer)
     return make_config(values)
 
 
