@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=_csv(str), help="comma-separated model names (default: EfficientViM M1-M4, "
                    "fused and timm's, and the timm peers)")
     p.add_argument("--runtimes", type=_csv(str), default=["eager"],
-                   help="comma-separated: eager, compile, onnxruntime, openvino (the last two time the exported "
-                   "fused graph)")
+                   help="comma-separated: eager, compile, onnxruntime, openvino, executorch, litert (the last four "
+                   "time the exported fused graph; executorch and litert write one file per input shape)")
     p.add_argument("--resolutions", type=_csv(_resolution), default=["native"],
                    help="comma-separated sizes, or 'native' (each model's training size; M4: 256)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="batch for throughput")
@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu, or cuda; default: cuda when a GPU is present")
     p.add_argument("--precision", type=_csv(str), default=None,
                    help="comma-separated: fp32, bf16, fp16 (eager, compile; openvino: fp32, bf16), int8 (onnxruntime, "
-                   "openvino: static QDQ quantization) (default: fp32 on CPU, fp16 on CUDA); fused models are fused "
+                   "openvino: static QDQ; executorch, litert: PT2E) (default: fp32 on CPU, fp16 on CUDA); fused "
+                   "models are fused "
                    "in it, the others converted (CPU) or autocast (CUDA); the GEMM bound of each float precision "
                    "is measured")
     p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls per model and setting")
