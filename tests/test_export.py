@@ -237,6 +237,9 @@ def test_executorch_export_runs_in_executorch_and_matches_pytorch(tmp_path, caps
 
     _, outside = lower_executorch(efficientvim.fuse(model, layout="channels_first"), torch.zeros(1, 3, 64, 64))
     assert "convolution" not in outside and outside.get("native_layer_norm") == 3 + 4, outside  # blocks, head
+    # the B/C/dt splits, the broadcasts of 3-D products and the SE means run in XNNPACK too (slices, bmm and
+    # 4-D means); only the head's means over states and tokens stay outside
+    assert not {"split_with_sizes_copy", "expand_copy"} & set(outside) and outside.get("mean") == 4, outside
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["input_shape"] == [1, 3, 64, 64] and meta["precision"] == "fp32"
     assert main([*argv, "--precision", "int8", "-o", str(tmp_path / "q.pte")]) == 0

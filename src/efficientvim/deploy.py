@@ -329,10 +329,14 @@ class FusedBlock(nn.Module):
         x = self.dwconv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
         n_tokens = F.layer_norm(x, (dim,), self.norm_weight, self.norm_bias, self.eps)
         bcdt = self.bcdt_dw(self.bcdt_proj(n_tokens.permute(0, 3, 1, 2))).flatten(2)
-        b, c, dt = bcdt.split(self.bcdt_split, dim=1)[:3]  # b, c (B, N, L); dt (B, H N, L), already + A
+        # slices and bmm rather than split and matmul: what XNNPACK delegates (ExecuTorch: split_with_sizes and
+        # the expand in front of a 3-D matmul otherwise run on portable kernels); ONNX gets Slice and MatMul
+        states = self.state_dim
+        b, c = bcdt[:, :states], bcdt[:, states : 2 * states]
+        dt = bcdt[:, 2 * states : (2 + self.num_heads) * states]  # b, c (B, N, L); dt (B, H N, L), already + A
         if self.num_heads == 1:
             p = dt.softmax(dim=-1) * b
-            h = torch.matmul(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
+            h = torch.bmm(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
         else:
             h = self._heads(dt, b, n_tokens.reshape(batch, -1, dim))
         if prev is not None and self.prev_scale is not None:
@@ -340,9 +344,10 @@ class FusedBlock(nn.Module):
         if self.state_mixer is not None:
             h = self.state_mixer(h)
         else:
-            h, z = F.linear(h, self.hz_weight).split(self.d_inner, dim=-1)
+            hz = F.linear(h, self.hz_weight)
+            h, z = hz[..., : self.d_inner], hz[..., self.d_inner :]
             h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
-        x = x.reshape(batch, -1, dim) + torch.matmul(c.transpose(1, 2), h)  # (B, L, C)
+        x = x.reshape(batch, -1, dim) + torch.bmm(c.transpose(1, 2), h)  # (B, L, C)
         x = self.dwconv2(x.view(batch, height, width, dim).permute(0, 3, 1, 2))
         hidden = self.fc1(x)
         if self.ffn_bias is not None:
@@ -379,8 +384,9 @@ class FusedPatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dwconv1(x)
         x = self.dw(self.expand(x))
-        spatial = (2, 3) if self.channels_first else (1, 2)
-        se = packed_linear(x.mean(spatial), self.se_fc1_weight, self.se_fc1_bias, self.packed[0]).relu_()
+        # channels_first: a 4-D mean over H, W kept (XNNPACK's global average pooling takes only that form)
+        pooled = x.mean((2, 3), keepdim=True).flatten(1) if self.channels_first else x.mean((1, 2))
+        se = packed_linear(pooled, self.se_fc1_weight, self.se_fc1_bias, self.packed[0]).relu_()
         se = packed_linear(se, self.se_fc2_weight, self.se_fc2_bias, self.packed[1]).sigmoid_()
         se = se[:, :, None, None] if self.channels_first else se[:, None, None, :]
         return self.dwconv2(self.project(x * se))
