@@ -161,6 +161,16 @@ def test_eval_and_predict_run_in_a_file_runtime(digits_model, runtime, capsys, t
         assert [p["label"] for p in ours["predictions"]] == [p["label"] for p in theirs["predictions"]]
         assert ours["predictions"][0]["probability"] == pytest.approx(theirs["predictions"][0]["probability"],
                                                                       abs=1e-4)
+    # the command line lists the runtimes without importing torch: the same ones the module runs
+    import argparse
+
+    from efficientvim.cli.common import add_runtime_args
+    from efficientvim.runtimes import INFERENCE_RUNTIMES
+
+    parser = argparse.ArgumentParser()
+    add_runtime_args(parser, "predict")
+    choices = next(a.choices for a in parser._actions if a.dest == "runtime")
+    assert tuple(choices) == INFERENCE_RUNTIMES
     if runtime == "onnxruntime":  # what it cannot run is said in one line, naming what to do
         assert main(["predict", str(tmp_path), "--checkpoint", best, "--runtime", runtime, "--precision",
                      "bf16"]) == 2
