@@ -85,7 +85,17 @@ def test_csp_blocks_are_constructed_as_c2f_and_c3k2():
     assert [c3k2[k].default for k in ("n", "c3k", "e", "g", "shortcut")] == [1, False, 0.5, 1, True]
     x = torch.randn(2, 64, 20, 28)
     for block, blocks in ((ev.C2fHSMSSD(64, 96, 2), 2), (ev.C3k2HSMSSD(64, 96, 2, True), 4)):
-        assert block(x).shape == (2, 96, 20, 28)
+        block.eval()
         assert sum(isinstance(m, ev.HSMSSDBlock) for m in block.modules()) == blocks
         assert block.cv2.conv.in_channels == (2 + 2) * 48
+        # C2f's data flow, written out: with the blocks' gates at zero each stage passes its input on, so the
+        # fused 1x1 sees [a, b, b, b] for the two halves a, b of cv1's output
+        with torch.no_grad():
+            a, b = block.cv1(x).chunk(2, 1)
+            torch.testing.assert_close(block(x), block.cv2(torch.cat([a, b, b, b], 1)))
+            for m in block.modules():
+                if isinstance(m, ev.HSMSSDBlock):
+                    m.gate_mixer.fill_(0.5)
+            y = block(x)
+        assert y.shape == (2, 96, 20, 28) and not torch.allclose(y, block.cv2(torch.cat([a, b, b, b], 1)))
 
