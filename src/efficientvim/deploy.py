@@ -279,14 +279,19 @@ class FusedBlock(nn.Module):
         n = n.reshape(batch, n.shape[1], heads, self.dim // heads).transpose(1, 2)  # (B, H, L, C / H)
         return torch.matmul(p, n).transpose(1, 2).reshape(batch, states, self.dim)
 
-    def _mix_states(self, h: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
-        """r1 * f(h + h_prev) on token-major hidden states (B, N, C)."""
+    def _mix_states(self, h: torch.Tensor, prev: torch.Tensor | None, packed: bool = True) -> torch.Tensor:
+        """r1 * f(h + h_prev) on token-major hidden states (B, N, C); ``packed``: the projections on the
+        library kernels of :func:`packed_linear` (the token-major layout), else plain ``F.linear`` (NCHW,
+        the export layout). Slices rather than split: XNNPACK (ExecuTorch) takes slices, not split."""
         if prev is not None and self.prev_scale is not None:
             h = h + prev * self.prev_scale  # the previous block returned r1' * h': back to h'
         if self.state_mixer is not None:
             return self.state_mixer(h)
-        h, z = packed_linear(h, self.hz_weight, None, self.packed[0]).split(self.d_inner, dim=-1)
-        return packed_linear(h * (F.silu(z) + self.skip), self.out_weight, None, self.packed[1])  # r1 * h
+        hz = packed_linear(h, self.hz_weight, None, self.packed[0]) if packed else F.linear(h, self.hz_weight)
+        h = hz[..., : self.d_inner] * (F.silu(hz[..., self.d_inner :]) + self.skip)
+        if packed:
+            return packed_linear(h, self.out_weight, None, self.packed[1])  # r1 * h
+        return F.linear(h, self.out_weight)
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels_first:
@@ -339,14 +344,7 @@ class FusedBlock(nn.Module):
             h = torch.bmm(p, n_tokens.reshape(batch, -1, dim))  # (LN(x) P^T)^T, (B, N, C)
         else:
             h = self._heads(dt, b, n_tokens.reshape(batch, -1, dim))
-        if prev is not None and self.prev_scale is not None:
-            h = h + prev * self.prev_scale
-        if self.state_mixer is not None:
-            h = self.state_mixer(h)
-        else:
-            hz = F.linear(h, self.hz_weight)
-            h, z = hz[..., : self.d_inner], hz[..., self.d_inner :]
-            h = F.linear(h * (F.silu(z) + self.skip), self.out_weight)  # r1 * h^T, (B, N, C)
+        h = self._mix_states(h, prev, packed=False)  # r1 * h^T, (B, N, C)
         x = x.reshape(batch, -1, dim) + torch.bmm(c.transpose(1, 2), h)  # (B, L, C)
         x = self.dwconv2(x.view(batch, height, width, dim).permute(0, 3, 1, 2))
         hidden = self.fc1(x)
