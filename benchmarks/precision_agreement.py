@@ -10,6 +10,10 @@ float32 where the CPU has no native bfloat16, as fuse says), the fused float32 m
 and the model itself converted with ``.to(torch.bfloat16)`` for comparison; then one row per exported file of
 ``--files`` (.onnx in ONNX Runtime, .xml in OpenVINO, .pte in ExecuTorch, .tflite in LiteRT; fixed-shape files are
 run image by image), made from the same checkpoint by ``efficientvim export``.
+
+``--device cuda`` compares the GPU's rows instead, against the same float32 model on CPU: the model and the fused
+model in float32 (cuDNN's TF32 convolutions), fused in float16 and in bfloat16, the fused float32 model under CUDA
+float16 and bfloat16 autocast, and the model itself under float16 autocast (the peers' GPU protocol).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--files", nargs="*", default=[], help="exported files of this checkpoint to compare too")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU's precisions against float32 on CPU")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = ev.load_model(args.checkpoint).eval()
@@ -41,17 +46,7 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bf16 = ev.fuse(model, dtype=torch.bfloat16)
-    fused = ev.fuse(model)
-    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
-    variants = {
-        "model, float32": model,
-        "fused, float32": fused,
-        "fused, bfloat16": bf16,
-        "fused float32 under CPU bf16 autocast": lambda x: _autocast(fused, x),
-        "model .to(bfloat16)": lambda x: model_bf16(x.to(torch.bfloat16)),
-        **{f: _file_runner(f, args.threads) for f in args.files},
-    }
+        variants = _cuda_variants(model, args.device) if args.device.startswith("cuda") else _cpu_variants(model, args)
     logits: dict[str, list[torch.Tensor]] = {k: [] for k in variants}
     labels = []
     with torch.inference_mode():
@@ -61,7 +56,7 @@ def main() -> None:
                 logits[name].append(run(x).float())
     labels = torch.cat(labels)
     out = {k: torch.cat(v) for k, v in logits.items()}
-    reference = out["model, float32"]
+    reference = out[next(iter(out))]  # the float32 model on CPU
     span = (reference.max(1).values - reference.min(1).values).median()
     print(f"{args.checkpoint}: {len(labels)} images, {len(classes)} classes, {args.threads} threads; "
           f"median logit range per image {span:.2f}")
@@ -105,8 +100,41 @@ def _file_runner(path: str, threads: int):
     return lambda x: torch.from_numpy(np.concatenate([one(image) for image in x]))
 
 
-def _autocast(model, x):
-    with torch.autocast("cpu", torch.bfloat16):
+def _cpu_variants(model, args) -> dict:
+    fused = ev.fuse(model)
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    return {
+        "model, float32": model,
+        "fused, float32": fused,
+        "fused, bfloat16": ev.fuse(model, dtype=torch.bfloat16),
+        "fused float32 under CPU bf16 autocast": lambda x: _autocast(fused, x, "cpu", torch.bfloat16),
+        "model .to(bfloat16)": lambda x: model_bf16(x.to(torch.bfloat16)),
+        **{f: _file_runner(f, args.threads) for f in args.files},
+    }
+
+
+def _cuda_variants(model, device: str) -> dict:
+    gpu = copy.deepcopy(model).to(device)
+    fused = ev.fuse(gpu)
+    variants = {
+        "model, float32 (CPU)": model,
+        "model, float32": gpu,
+        "fused, float32": fused,
+        "fused, float16": ev.fuse(gpu, dtype=torch.float16),
+        "fused, bfloat16": ev.fuse(gpu, dtype=torch.bfloat16),
+        "fused float32 under fp16 autocast": lambda x: _autocast(fused, x, "cuda", torch.float16),
+        "fused float32 under bf16 autocast": lambda x: _autocast(fused, x, "cuda", torch.bfloat16),
+        "model under fp16 autocast": lambda x: _autocast(gpu, x, "cuda", torch.float16),
+    }
+    return {k: v if k.endswith("(CPU)") else _on(device, v) for k, v in variants.items()}
+
+
+def _on(device: str, run):
+    return lambda x: run(x.to(device)).float().cpu()
+
+
+def _autocast(model, x, device: str, dtype: torch.dtype):
+    with torch.autocast(device, dtype):
         return model(x)
 
 

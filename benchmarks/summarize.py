@@ -2,7 +2,7 @@
 
     python benchmarks/summarize.py RESULTS.json [MORE.json ...]
 
-Prints one table per (runtime, batch size): measured figures, the ratio against timm's
+Prints one table per (precision, runtime, batch size, resolution): measured figures, the ratio against timm's
 reparameterised EfficientViM of the same variant (median of interleaved per-round ratios), and
 for EfficientViM the ratio against the SHViT of the same size (S1 for M1 ... S4 for M4), also a
 median of per-round ratios.
@@ -29,8 +29,9 @@ def summarize(paths: list[str]) -> str:
                    f"warm-up {meta['warmup']}, median of {meta['repeats']} interleaved calls.\n")
         groups = defaultdict(list)
         for r in data["results"]:
-            groups[(r["runtime"], r["batch_size"], r["resolution"] if r["batch_size"] else 0)].append(r)
-        for (runtime, batch, _), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
+            key = (r["precision"], r["runtime"], r["batch_size"], r["resolution"] if r["batch_size"] else 0)
+            groups[key].append(r)  # failed rows (batch 0) gathered per precision and runtime
+        for (_, runtime, batch, _), rows in sorted(groups.items(), key=lambda kv: (*kv[0][:2], -kv[0][2], kv[0][3])):
             if not batch:
                 for r in rows:
                     out.append(f"- {r['model']} ({runtime}) failed: {r['error']}")

@@ -35,19 +35,22 @@ from .kernels import native_precision
 from .registry import create_model, list_models, model_config
 from .runtimes import onnxruntime_session, openvino_request
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "openvino", "executorch", "litert")
+RUNTIMES = ("eager", "compile", "cudagraph", "onnxruntime", "openvino", "executorch", "litert")
 # precision name -> dtype. CPU: fused models fused in that dtype, the others converted with .to(dtype);
 # CUDA: fused models fused in it, the others under torch.autocast
 PRECISIONS = {**PRECISION_DTYPES, "int8": torch.int8}
 # the precisions each runtime is timed in; int8: ONNX Runtime's static QDQ quantization (efficientvim.quantize)
 # for onnxruntime and openvino, PyTorch 2 export quantization with XNNPACK's quantizer for executorch and litert
 RUNTIME_PRECISIONS = {"eager": ("fp32", "bf16", "fp16"), "compile": ("fp32", "bf16", "fp16"),
+                      "cudagraph": ("fp32", "bf16", "fp16"),
                       "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"),
                       "executorch": ("fp32", "int8"), "litert": ("fp32", "int8")}
 # time an exported file (the fused NCHW graph), not PyTorch
 FILE_RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert")
 # of those, the ones whose files have one fixed input shape: a file is written per shape timed
 FIXED_SHAPE_RUNTIMES = ("executorch", "litert")
+# the eager model's kernels recorded once per input shape in a CUDA graph and replayed (no per-kernel launch cost)
+CUDA_RUNTIMES = ("cudagraph",)
 INT8_CALIBRATION_IMAGES = 32  # digit images for the int8 ranges: the calibration set does not change the speed
 # classification: the classifier; dense: the trunk's pyramid levels and an FPN, the paper's dense-prediction
 # latency protocol (512 x 512, batch 32)
@@ -146,11 +149,12 @@ class BackboneFPN(nn.Module):
 
 def build_model(
     name: str, runtime: str = "eager", task: str = "classification", fpn_channels: int | None = DENSE_FPN_CHANNELS,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, device: str = "cpu",
 ) -> nn.Module:
-    """An eval-mode model for a benchmark name, weights random (speed does not depend on them); for the
-    dense task the trunk's levels ``DENSE_LEVELS`` (timm: all its feature levels) and an FPN. ``dtype``:
-    a fused model is fused in it; the caller converts or autocasts the others."""
+    """An eval-mode model on ``device`` for a benchmark name, weights random (speed does not depend on them);
+    for the dense task the trunk's levels ``DENSE_LEVELS`` (timm: all its feature levels) and an FPN.
+    ``dtype``: a fused model is fused in it (on ``device``, whose native precisions decide); the caller
+    converts or autocasts the others."""
     _check_name(name)
     dense = dict(features_only=True, **DENSE_LEVELS) if task == "dense" else {}
     if name.startswith(TIMM_PREFIX):
@@ -160,12 +164,12 @@ def build_model(
         model = timm.create_model(model_family(name), pretrained=False, features_only=task == "dense")
         model = reparameterize_model(model.eval())
     else:
-        model = create_model(model_family(name), **dense).eval()
+        model = create_model(model_family(name), **dense).eval().to(device)
         if name.endswith(FUSE_SUFFIX):
             model = fuse(model, layout=EXPORT_LAYOUT if runtime in FILE_RUNTIMES else "channels_last", dtype=dtype)
     if task == "dense":
         model = BackboneFPN(model, model.feature_info.channels(), fpn_channels).eval()
-    return model
+    return model.to(device)
 
 
 class _Runner:
@@ -177,12 +181,17 @@ class _Runner:
         # what PyTorch computes in: a file runtime gets the float32 graph and images, and runs its precision
         # itself (int8: quantized on export)
         self.dtype = torch.float32 if runtime in FILE_RUNTIMES else PRECISIONS[precision]
-        model = build_model(name, runtime, task, fpn_channels, self.dtype).to(device)
+        model = build_model(name, runtime, task, fpn_channels, self.dtype, device)
         # low precision: CUDA autocasts what is not fused in it; CPU converts it (autocast's per-call weight
         # casts would be timed too, which a deployed bf16 model does not pay)
         self.autocast = device.startswith("cuda") and self.dtype != torch.float32 and not name.endswith(FUSE_SUFFIX)
         if not self.autocast and self.dtype != torch.float32:
             model = model.to(self.dtype)
+        # CUDA: NHWC maps (cuDNN's fast convolutions in low precision), the GPU protocol of timm and the peers;
+        # a fused model holds its maps channels-last itself
+        cuda_nhwc = device.startswith("cuda") and not name.endswith(FUSE_SUFFIX)
+        self.memory_format = torch.channels_last if cuda_nhwc else torch.contiguous_format
+        model = model.to(memory_format=self.memory_format)
         self._macs: dict[int, int | None] = {}
         self.model = model
         self.device = device
@@ -191,6 +200,8 @@ class _Runner:
             self.run = model
         elif runtime == "compile":
             self.run = torch.compile(model, dynamic=False)
+        elif runtime == "cudagraph":
+            self.run = self._cuda_graph(model)
         elif runtime == "onnxruntime":
             self.run = self._onnx(model, name, threads, workdir)
         elif runtime == "openvino":
@@ -265,8 +276,47 @@ class _Runner:
         self.prepare = prepare
         return run
 
+    def _cuda_graph(self, model: nn.Module) -> Callable:
+        """``model``'s kernels for one input shape recorded in a CUDA graph (after warm-up calls on a side
+        stream, as capture requires) and replayed on a static copy of the input."""
+        graphs: dict[tuple, tuple] = {}
+
+        def prepare(x: torch.Tensor) -> None:
+            shape = tuple(x.shape)
+            if shape in graphs:
+                return
+            static = x.clone()
+            with torch.inference_mode(), self._autocast():
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        model(static)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = model(static)
+            graphs[shape] = graph, static, out
+
+        def run(x: torch.Tensor):
+            prepare(x)
+            graph, static, out = graphs[tuple(x.shape)]
+            static.copy_(x)
+            graph.replay()
+            return out
+
+        self.prepare = prepare
+        return run
+
+    def _autocast(self):
+        # no weight cache: a CUDA graph cannot record one, and eager calls leave the context (emptying it) anyway
+        if self.autocast:
+            return torch.autocast("cuda", self.dtype, cache_enabled=False)
+        return contextlib.nullcontext()
+
     def prepare(self, x: torch.Tensor) -> None:
-        """One-off work for ``x``'s shape before it is timed (ExecuTorch and LiteRT write a file per shape)."""
+        """One-off work for ``x``'s shape before it is timed (ExecuTorch and LiteRT write a file per shape,
+        the cudagraph runtime records a graph)."""
 
     def macs(self, size: int) -> int | None:
         """Multiply-adds per image at ``size``, counted on the unfused float32 model (the fused one computes
@@ -290,14 +340,13 @@ class _Runner:
         return create_model(model_family(self.name)).eval()
 
     def input(self, batch: int, size: int) -> torch.Tensor:
-        x = torch.randn(batch, 3, size, size, device=self.device)
+        x = torch.randn(batch, 3, size, size, device=self.device).to(memory_format=self.memory_format)
         return x if self.autocast else x.to(self.dtype)
 
     def __call__(self, x: torch.Tensor) -> float:
         """Seconds for one call, device synchronised."""
         cuda = self.device.startswith("cuda")
-        autocast = torch.autocast("cuda", self.dtype) if self.autocast else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -310,8 +359,8 @@ class _Runner:
         """Peak memory one call allocates beyond the weights: CUDA allocator peak, or on CPU the
         running sum of tensor allocations and frees recorded by the PyTorch profiler (eager graph,
         steady state: a first, unrecorded call does any one-off work such as packing weights)."""
-        if runtime in FILE_RUNTIMES:
-            return None  # ONNX Runtime and OpenVINO allocate outside PyTorch's view
+        if runtime in FILE_RUNTIMES or runtime in CUDA_RUNTIMES:
+            return None  # ONNX Runtime and OpenVINO allocate outside PyTorch's view; a CUDA graph in its own pool
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
@@ -369,6 +418,8 @@ def run_benchmark(
     if device.startswith("cuda") and set(runtimes) & set(FILE_RUNTIMES):
         raise BenchmarkError(f"the {', '.join(FILE_RUNTIMES)} runtimes are benchmarked on CPU only: drop them "
                              "or use --device cpu")
+    if not device.startswith("cuda") and set(runtimes) & set(CUDA_RUNTIMES):
+        raise BenchmarkError(f"the {', '.join(CUDA_RUNTIMES)} runtime needs a GPU: use --device cuda or drop it")
     precisions = list(precisions or (["fp16"] if device.startswith("cuda") else ["fp32"]))
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -404,11 +455,14 @@ def run_benchmark(
     return results
 
 
-def gemm_bound(precision: str, device: str = "cpu", threads: int = 2, size: int = 2048, repeats: int = 5) -> float:
+def gemm_bound(precision: str, device: str = "cpu", threads: int = 2, size: int | None = None, repeats: int = 5
+               ) -> float:
     """GFLOP/s of one large square matrix product in ``precision``, the ceiling a GEMM-bound model can reach:
-    on CPU the faster of PyTorch's matmul and oneDNN's (the two libraries the fused path chooses between)."""
+    on CPU the faster of PyTorch's matmul and oneDNN's (the two libraries the fused path chooses between).
+    ``size``: 2048 on CPU, 8192 on CUDA (a GPU needs the larger product to fill)."""
     from .kernels import MKLDNN_PACKED, PackedWeights, onednn_linear
 
+    size = size or (8192 if device.startswith("cuda") else 2048)
     torch.set_num_threads(threads)
     a = torch.randn(size, size, device=device).to(PRECISIONS[precision])
     products = [lambda: a @ a]

@@ -542,7 +542,8 @@ def fuse(
 ) -> FusedEfficientViM | FusedEfficientViMFeatures:
     """An inference-only copy of ``model`` with all folding applied; ``model`` itself is not changed.
 
-    The copy has the same device, is in eval mode and cannot be put back into training. ``dtype``: the
+    The copy has the same device (folded on CPU, so its weights are the same on every device), is in eval mode
+    and cannot be put back into training. ``dtype``: the
     weights' and the computation's dtype, by default the model's. ``torch.bfloat16`` / ``torch.float16``
     fold in float64 as always, then round once; the copy takes images of any float dtype and returns its
     own. Where the device has no native support for that dtype (:func:`efficientvim.kernels.native_precision`:
@@ -575,9 +576,11 @@ def fuse(
         warnings.warn(f"{why}: fusing in float32, which runs faster here", stacklevel=3)  # the caller of fuse
         dtype = torch.float32
     if isinstance(model, EfficientViM):
-        fused = FusedEfficientViM(model, dtype, layout == "channels_first")
+        build = FusedEfficientViM
     elif isinstance(model, EfficientViMFeatures):
-        fused = FusedEfficientViMFeatures(model, dtype, layout == "channels_first")
+        build = FusedEfficientViMFeatures
     else:
         raise TypeError(f"fuse() takes an EfficientViM or EfficientViMFeatures model, not {type(model).__name__}")
-    return fused.to(param.device).eval()
+    # folded on CPU, in float64, wherever the model is: the same folded weights on every device
+    source = model if param.device.type == "cpu" else copy.deepcopy(model).cpu()
+    return build(source, dtype, layout == "channels_first").to(param.device).eval()

@@ -39,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=_csv(str), help="comma-separated model names (default: EfficientViM M1-M4, "
                    "fused and timm's, and the timm peers)")
     p.add_argument("--runtimes", type=_csv(str), default=["eager"],
-                   help="comma-separated: eager, compile, onnxruntime, openvino, executorch, litert (the last four "
-                   "time the exported fused graph; executorch and litert write one file per input shape)")
+                   help="comma-separated: eager, compile, cudagraph (CUDA: the eager model recorded in a CUDA graph), "
+                   "onnxruntime, openvino, executorch, litert (the last four time the exported fused graph on CPU; "
+                   "executorch and litert write one file per input shape)")
     p.add_argument("--resolutions", type=_csv(_resolution), default=["native"],
                    help="comma-separated sizes, or 'native' (each model's training size; M4: 256)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="batch for throughput")
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
               f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>8s} {rate:>8s} {share:>8s}")  # fmt: skip
     if bounds:
         rates = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items())
-        print(f"GEMM bound (2048^3 matrix product, the faster library): {rates}")
+        size = 8192 if args.device.startswith("cuda") else 2048
+        print(f"GEMM bound ({size}^3 matrix product, the faster library): {rates}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
