@@ -1,11 +1,12 @@
 """Where ONNX Runtime spends its time on one model: milliseconds per call by operator type.
 
-    python benchmarks/ort_profile.py MODEL [MODEL ...] [--batch-size 32] [--threads 2] [--calls 10]
+    python benchmarks/ort_profile.py MODEL [MODEL ...] [--batch-size 32] [--threads 2] [--calls 10] [--int8]
 
 MODEL is a bench name (efficientvim_m1+fuse, timm:shvit_s1, ...; see ``efficientvim bench``).
 Each model is exported the way ``efficientvim bench --runtimes onnxruntime`` exports it (dynamic
 batch, height and width, opset 17), run at its training resolution with ONNX Runtime's profiler
-on, and the kernel times of the timed calls are summed per operator type. Profiling adds a
+on, and the kernel times of the timed calls are summed per operator type. ``--int8``: the file
+quantized as ``bench --precision int8`` quantizes it (static QDQ, calibrated on 32 digit images). Profiling adds a
 little overhead to every node; compare models within one run.
 """
 
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnxruntime as ort
 import torch
@@ -25,12 +27,21 @@ from efficientvim.bench import build_model, native_resolution, onnx_path
 from efficientvim.export import write_onnx
 
 
-def profile(name: str, batch: int, threads: int, calls: int, workdir: Path) -> tuple[float, Counter, Counter]:
+def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, int8: bool = False
+            ) -> tuple[float, Counter, Counter]:
     """(ms per call without the profiler, kernel ms per call by op type, node count by op type)."""
     model = build_model(name, "onnxruntime")
     res = native_resolution(name)
     path = onnx_path(name, workdir)
     write_onnx(model, path)
+    if int8:
+        from efficientvim.bench import INT8_CALIBRATION_IMAGES, _Runner
+        from efficientvim.quantize import calibration_images, quantize_onnx
+
+        reference = _Runner.reference(SimpleNamespace(name=name))
+        images = calibration_images(reference, None, INT8_CALIBRATION_IMAGES)
+        quantize_onnx(path, path.with_suffix(".int8.onnx"), images)
+        path = path.with_suffix(".int8.onnx")
     x = torch.randn(batch, 3, res, res).numpy()
 
     def session(profiling: bool) -> ort.InferenceSession:
@@ -71,10 +82,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--top", type=int, default=8, help="op types listed per model")
+    parser.add_argument("--int8", action="store_true", help="profile the int8 (static QDQ) file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            ms, kernel_ms, nodes = profile(name, args.batch_size, args.threads, args.calls, Path(tmp))
+            ms, kernel_ms, nodes = profile(name, args.batch_size, args.threads, args.calls, Path(tmp), args.int8)
             total = sum(kernel_ms.values())
             print(f"\n{name}: batch {args.batch_size}, {args.threads} threads, {ms:.1f} ms per call "
                   f"(median of {args.calls}), kernels {total:.1f} ms")

@@ -28,8 +28,10 @@ from torch import nn
 
 from .errors import EfficientViMError, ExportError, import_extra
 
-# ops quantized: what carries the multiply-adds; LayerNorm, softmax, SiLU and the sums stay float32
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# ops quantized: what carries the multiply-adds; LayerNorm, softmax, SiLU and the sums stay float32. Relu and
+# Clip are listed so the quantizer folds them into the range of the product before them: left out, every
+# Conv -> ReLU -> Conv ran as int8 -> float32 -> ReLU -> int8 (M2 int8 1.15x faster, SHViT-S2 1.07x)
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Relu", "Clip")
 CALIBRATION_IMAGES = 256  # images run for the ranges: enough for min/max to settle, a few seconds
 CHECK_IMAGES = 64  # held-out images the int8 model's top-1 is compared on
 
