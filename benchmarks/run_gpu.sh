@@ -49,3 +49,8 @@ $PY -m efficientvim bench --device cuda --runtimes compile --precision fp16 \
   --models "efficientvim_m2+fuse,timm:efficientvim_m2,timm:shvit_s2" --batch-size 256 --no-latency \
   --warmup 3 --repeats 30 --no-progress -o "$SCRATCH/compile"
 cp "$SCRATCH/compile/results.json" "$OUT/cuda-compile.json"
+
+echo "== dense: trunk levels + FPN at 512x512, batch 32 (the paper's dense latency protocol), fp16"
+$PY -m efficientvim bench --device cuda --task dense --runtimes eager,cudagraph --precision fp16 \
+  --models "$OURS,$TIMM,$SHVIT" --batch-size 32 --warmup 5 --repeats 30 --no-progress -o "$SCRATCH/dense"
+cp "$SCRATCH/dense/results.json" "$OUT/cuda-dense.json"

@@ -3,7 +3,9 @@
 Every figure is the median of repeated timed calls after warm-up, with the device synchronised
 around each call on CUDA. Models of one setting (runtime, resolution, batch) are timed
 interleaved, one call each in turn, so a slow moment of a shared machine hits all of them;
-ratios against the timm baseline are medians of the per-round ratios.
+ratios against the timm baseline are medians of the per-round ratios. On CUDA, unfused models and their
+images are channels-last (NHWC, as the peers time them) and run under autocast in fp16/bf16; the
+``cudagraph`` runtime replays each model's kernels from a CUDA graph recorded once per input shape.
 
 Model names: ``efficientvim_m2`` (this package, as trained), ``efficientvim_m2+fuse`` (this
 package after :func:`efficientvim.fuse`), ``timm:NAME`` (a timm model created with
