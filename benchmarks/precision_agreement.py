@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--files", nargs="*", default=[], help="exported files of this checkpoint to compare too")
     p.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU's precisions against float32 on CPU")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: PyTorch sees no GPU here; leave --device out to compare on CPU")
     torch.set_num_threads(args.threads)
     model = ev.load_model(args.checkpoint).eval()
     cfg = model.pretrained_cfg
