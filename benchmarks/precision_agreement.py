@@ -8,7 +8,7 @@ top-1 agreement with the float32 model and the largest logit change.
 Rows: the model as trained (float32), fused in float32, fused in bfloat16 (``fuse(dtype=torch.bfloat16)``;
 float32 where the CPU has no native bfloat16, as fuse says), the fused float32 model under CPU bf16 autocast,
 and the model itself converted with ``.to(torch.bfloat16)`` for comparison; then one row per exported file of
-``--files`` (.onnx in ONNX Runtime, .xml in OpenVINO, .pte in ExecuTorch, .tflite in LiteRT; fixed-shape files are
+``--files`` (.onnx in ONNX Runtime, .pt in TorchScript, .xml in OpenVINO, .pte in ExecuTorch, .tflite in LiteRT; fixed-shape files are
 run image by image), made from the same checkpoint by ``efficientvim export``.
 
 ``--device cuda`` compares the GPU's rows instead, against the same float32 model on CPU: the model and the fused
@@ -82,6 +82,9 @@ def _file_runner(path: str, threads: int):
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    if path.endswith(".pt"):  # TorchScript
+        module = torch.jit.load(path)
+        return lambda x: module(x).float()
     if path.endswith(".xml"):
         import openvino as ov
 
@@ -98,7 +101,7 @@ def _file_runner(path: str, threads: int):
         program = load_litert(path, threads)
         one = lambda image: program(image[None].numpy())  # noqa: E731
     else:
-        raise SystemExit(f"{path}: not an exported file (.onnx, .xml, .pte, .tflite)")
+        raise SystemExit(f"{path}: not an exported file (.onnx, .pt, .xml, .pte, .tflite)")
     return lambda x: torch.from_numpy(np.concatenate([one(image) for image in x]))
 
 

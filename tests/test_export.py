@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -177,6 +178,10 @@ def test_export_cli_writes_a_verified_onnx_file(tmp_path, capsys):
          "--opset: must be 17 or newer, got 13"),
         (["export", "efficientvim_m1", "--checkpoint", "{tmp}/none.pth", "--format", "onnx", "-o", "{tmp}/x.onnx"],
          "not found"),
+        (["export", "efficientvim_m1", "--format", "onnx", "--precision", "bf16", "-o", "{tmp}/x.onnx"],
+         "--precision bf16 is written as torchscript, not onnx: use one of those or --precision fp32 (OpenVINO"),
+        (["export", "efficientvim_m1", "--format", "executorch", "--precision", "fp16", "-o", "{tmp}/x.pte"],
+         "--precision fp16 is written as onnx, torchscript, openvino, coreml, not executorch"),
     ],
 )
 def test_export_cli_reports_user_mistakes_in_one_line_with_exit_code_2(tmp_path, capsys, argv, message):
@@ -302,3 +307,59 @@ def test_coreml_export_converts_with_standard_ops_and_metadata(tmp_path, capsys)
                         "slice_by_index", "sub", "real_div", "squeeze", "expand_dims"}, set(ops)
     assert main([*argv[:-1], str(tmp_path / "m.onnx")]) == 2
     assert "a Core ML ML Program is a .mlpackage file: name it m.mlpackage" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("fmt, precision", [("onnx", "fp16"), ("torchscript", "fp16"), ("torchscript", "bf16")])
+def test_low_precision_files_compute_in_it_behind_a_float32_interface(tmp_path, fmt, precision):
+    """fp16/bf16 files: weights in that dtype, float32 images in and outputs out, as close to the float32 model
+    as the model itself run in that precision (the export's tolerance: twice that error)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    model = _tiny(seed=3)
+    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(4))  # not the export's check sizes
+    with torch.no_grad():
+        expected = model(x).numpy()
+        own = relative_error(expected, copy.deepcopy(model).to(dtype)(x.to(dtype)).float().numpy())
+    path = tmp_path / f"tiny.{precision}.{'onnx' if fmt == 'onnx' else 'pt'}"
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime as ort
+
+        error = export_onnx(model, path, precision=precision)
+        proto = onnx.load(str(path))
+        weights = [t for t in proto.graph.initializer if len(t.dims) == 4]  # the convolutions' kernels
+        assert weights and {t.data_type for t in weights} == {onnx.TensorProto.FLOAT16}
+        assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [
+            onnx.TensorProto.FLOAT] * 2
+        assert {p.key: json.loads(p.value) for p in proto.metadata_props}["precision"] == "fp16"
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    else:
+        error = export_torchscript(model, path, precision=precision)
+        loaded = torch.jit.load(str(path))
+        assert {p.dtype for p in loaded.parameters()} == {dtype}
+        with torch.no_grad():
+            out = loaded(x)
+        assert out.dtype == torch.float32
+        got = out.numpy()
+    assert 0 < error and relative_error(expected, got) <= 2 * own
+    assert own > 1e-4  # the bound is the low precision's, not float32's
+
+
+def test_a_low_precision_file_further_off_than_the_model_itself_is_refused(tmp_path, monkeypatch):
+    forward = export._FloatInterface.forward
+    monkeypatch.setattr(export._FloatInterface, "forward", lambda self, x: forward(self, x) * 1.05)
+    with pytest.raises(ExportError, match=r"differs from PyTorch by .* \(tolerance .*: twice the model's own fp16"):
+        export_onnx(_tiny(), tmp_path / "off.onnx", precision="fp16")
+
+
+def test_openvino_fp16_stores_half_the_weights_and_says_so(tmp_path):
+    ov = pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+    from efficientvim.export import export_openvino
+
+    model = _tiny(seed=5)
+    assert export_openvino(model, tmp_path / "fp32.xml")["error"] <= 1e-4
+    assert export_openvino(model, tmp_path / "fp16.xml", precision="fp16")["error"] > 1e-4  # fp16 weights
+    size = {p: (tmp_path / f"{p}.bin").stat().st_size for p in ("fp32", "fp16")}
+    assert 0.45 < size["fp16"] / size["fp32"] < 0.6
+    read = ov.Core().read_model(str(tmp_path / "fp16.xml"))
+    assert json.loads(read.get_rt_info(["efficientvim", "precision"]).astype(str)) == "fp16"

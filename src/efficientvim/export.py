@@ -28,6 +28,9 @@ from .errors import ExportError, InputSizeError, import_extra
 from .predict import class_names
 
 EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
+# files computing in half precision, float32 in and out: which formats write each (the others say so)
+LOW_PRECISION_FORMATS = {"fp16": ("onnx", "torchscript", "openvino", "coreml"), "bf16": ("torchscript",)}
+LOW_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_OPSET = 17
 EXPORT_LAYOUT = "channels_first"  # ONNX has no strided views: NCHW avoids a transpose around every conv
 METADATA_KEYS = ("model_name", "input_size", "mean", "std", "crop_pct", "interpolation", "label_names")
@@ -71,38 +74,83 @@ def _check_sizes(model: nn.Module, img_size: int | None) -> list[tuple[int, int,
 
 
 def _outputs(y: torch.Tensor | list | tuple) -> list[np.ndarray]:
-    return [t.detach().cpu().numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
+    return [t.detach().float().cpu().numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]
 
 
-def _verify(reference: nn.Module, run, sizes: list[tuple[int, int, int]], what: str) -> float:
-    """Largest relative error of ``run`` (numpy batch -> list of arrays) against ``reference``."""
-    worst = 0.0
+def _relative(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def _verify(reference: nn.Module, run, sizes: list[tuple[int, int, int]], what: str, precision: str = "fp32"
+            ) -> float:
+    """Largest relative error of ``run`` (numpy batch -> list of arrays) against ``reference`` in float32.
+
+    The tolerance is ``EXPORT_TOLERANCE`` for a float32 file. A file computing in fp16 or bf16 cannot be
+    closer to float32 than the model itself run in that precision, so its tolerance is twice the model's
+    own error in it (``reference`` converted with ``.to(dtype)``, on the same images) or ``EXPORT_TOLERANCE``,
+    whichever is larger."""
+    worst = own = 0.0
+    low = copy.deepcopy(reference).to(LOW_PRECISION_DTYPES[precision]) if precision != "fp32" else None
     g = torch.Generator().manual_seed(0)
     for batch, height, width in sizes:
         x = torch.randn(batch, reference.in_chans, height, width, generator=g)
         with torch.no_grad():
             expected = _outputs(reference(x))
+            if low is not None:
+                mine = _outputs(low(x.to(LOW_PRECISION_DTYPES[precision])))
+                own = max([own] + [_relative(m, e) for m, e in zip(mine, expected)])
         got = run(x)
         if len(got) != len(expected):
             raise ExportError(f"{what} returned {len(got)} outputs, PyTorch {len(expected)}")
         for e, o in zip(expected, got):
             if o.shape != e.shape:
                 raise ExportError(f"{what} gave shape {o.shape} for input {tuple(x.shape)}, PyTorch {e.shape}")
-            worst = max(worst, float(np.abs(o - e).max() / max(np.abs(e).max(), 1e-12)))
-    if worst > EXPORT_TOLERANCE:
+            worst = max(worst, _relative(o, e))
+    tolerance = max(EXPORT_TOLERANCE, 2 * own)
+    if worst > tolerance:
+        why = f"twice the model's own {precision} error" if tolerance > EXPORT_TOLERANCE else "float32"
         raise ExportError(
-            f"{what} differs from PyTorch by {worst:.2e} relative (tolerance {EXPORT_TOLERANCE:.0e}); "
+            f"{what} differs from PyTorch by {worst:.2e} relative (tolerance {tolerance:.0e}: {why}); "
             "the file was written but should not be used"
         )
     return worst
 
 
-def _prepare(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(reference, graph to trace): a fused model is its own reference."""
+def _prepare(model: nn.Module, precision: str = "fp32") -> tuple[nn.Module, nn.Module]:
+    """(reference, graph to trace): a fused model is its own reference. fp16/bf16: the graph computes in
+    that dtype and takes and returns float32 (:class:`_FloatInterface`)."""
     if isinstance(model, (FusedEfficientViM, FusedEfficientViMFeatures)):
-        return model, model
-    reference = copy.deepcopy(model).eval() if model.training else model  # leave the caller's mode alone
-    return reference, fuse(model, layout=EXPORT_LAYOUT)
+        reference, graph = model, model
+    else:
+        reference = copy.deepcopy(model).eval() if model.training else model  # leave the caller's mode alone
+        graph = fuse(model, layout=EXPORT_LAYOUT)
+    if precision in LOW_PRECISION_DTYPES:
+        graph = _FloatInterface(graph, LOW_PRECISION_DTYPES[precision])
+    return reference, graph
+
+
+class _FloatInterface(nn.Module):
+    """A fused graph in fp16 or bf16 behind a float32 interface: what a low-precision file holds. The images
+    are cast on the way in (the fused model does that itself) and the outputs on the way out, so a user feeds
+    and reads float32 as with the float32 file, and the file's runtime computes in the low precision.
+
+    Converted with ``.to(dtype)`` rather than fused in it: the file is for the device that will run it, so
+    this machine's lack of native fp16 (which makes ``fuse(dtype=...)`` stay float32) does not apply."""
+
+    def __init__(self, graph: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.graph = copy.deepcopy(graph).to(dtype)
+        for name in ("in_chans", "total_stride", "feature_info", "out_indices", "pretrained_cfg", "num_classes"):
+            if hasattr(graph, name):
+                setattr(self, name, getattr(graph, name))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        y = self.graph(x)
+        return [t.float() for t in y] if isinstance(y, (list, tuple)) else y.float()
+
+    def train(self, mode: bool = True) -> _FloatInterface:
+        return super().train(False)  # inference-only, like the fused graph inside
 
 
 def _output_names(graph: nn.Module) -> list[str]:
@@ -134,24 +182,30 @@ def write_onnx(graph: nn.Module, path: str | os.PathLike, size: tuple[int, int] 
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, opset: int = MIN_OPSET, img_size: int | None = None
+    model: nn.Module, path: str | os.PathLike, opset: int = MIN_OPSET, img_size: int | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Write ``model`` (fused first) as ONNX with dynamic batch, height and width; return the verified error.
 
     The file is checked with ONNX Runtime against the PyTorch model on a square and a non-square
-    batch; :class:`ExportError` if it is off by more than ``EXPORT_TOLERANCE``.
+    batch; :class:`ExportError` if it is off by more than ``EXPORT_TOLERANCE``. ``precision="fp16"``:
+    weights and computation in float16 (half the file; for GPUs, ONNX Runtime's CUDA or TensorRT provider),
+    float32 images in and logits out; checked in ONNX Runtime's CPU provider to twice the model's own
+    fp16 error (see ``_verify``).
     """
     import_extra("onnx", "onnx", "ONNX export")
     ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: use {MIN_OPSET} or newer")
-    reference, graph = _prepare(model)
+    _check_precision(precision, "onnx")
+    reference, graph = _prepare(model, precision)
     sizes = _check_sizes(reference, img_size)
     path = Path(path)
     write_onnx(graph, path, sizes[0][1:], opset)
-    set_onnx_metadata(path, _metadata(reference))
+    set_onnx_metadata(path, {**_metadata(reference), "precision": json.dumps(precision)})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return _verify(reference, lambda x: session.run(None, {"images": x.numpy()}), sizes, f"ONNX export {path}")
+    return _verify(reference, lambda x: session.run(None, {"images": x.numpy()}), sizes, f"ONNX export {path}",
+                   precision)
 
 
 def set_onnx_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -173,13 +227,17 @@ def _suffixed(path: str | os.PathLike, suffix: str, what: str) -> Path:
     return path
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | None = None) -> float:
+def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | None = None,
+                       precision: str = "fp32") -> float:
     """Write ``model`` (fused first) as a traced TorchScript module; return the verified error.
 
     The saved file is loaded back and compared with the PyTorch model on a square and a
-    non-square batch. Metadata is stored as the extra file ``metadata.json``.
+    non-square batch. Metadata is stored as the extra file ``metadata.json``. ``precision`` fp16 or bf16:
+    the module computes in it behind a float32 interface (bf16 for CPUs with AVX512-BF16 or AMX and GPUs,
+    fp16 for GPUs), checked to twice the model's own error in that precision.
     """
-    reference, graph = _prepare(model)
+    _check_precision(precision, "torchscript")
+    reference, graph = _prepare(model, precision)
     sizes = _check_sizes(reference, img_size)
     sample = torch.zeros(*sizes[0][:1], reference.in_chans, *sizes[0][1:])
     path = Path(path)
@@ -187,9 +245,16 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int 
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic, checked below instead
         traced = torch.jit.trace(graph, sample, check_trace=False)
         meta = {k: json.loads(v) for k, v in _metadata(reference).items()}
+        meta["precision"] = precision
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
         loaded = torch.jit.load(str(path))
-    return _verify(reference, lambda x: _outputs(loaded(x)), sizes, f"TorchScript export {path}")
+    return _verify(reference, lambda x: _outputs(loaded(x)), sizes, f"TorchScript export {path}", precision)
+
+
+def _check_precision(precision: str, fmt: str) -> None:
+    if precision != "fp32" and fmt not in LOW_PRECISION_FORMATS.get(precision, ()):
+        formats = ", ".join(LOW_PRECISION_FORMATS.get(precision, ())) or "none of the formats"
+        raise ExportError(f"{fmt} export in {precision}: written for {formats}")
 
 
 def export_openvino(
@@ -200,9 +265,11 @@ def export_openvino(
 
     Converted from this package's ONNX export (verified first; int8: the QDQ model of
     :func:`efficientvim.quantize.export_onnx_int8`, which OpenVINO runs as int8), weights kept as exported
-    (OpenVINO would otherwise store them as fp16: 1e-3 off), with the same metadata in the IR's ``rt_info``
-    under ``efficientvim``. Checked in OpenVINO's CPU runtime: fp32 (f32 inference hint) against PyTorch
-    within ``EXPORT_TOLERANCE``; int8 by top-1 agreement with fp32 PyTorch on held-out images.
+    (OpenVINO would otherwise store them as fp16: 1e-3 off; ``precision="fp16"`` asks for that, OpenVINO's
+    "FP16 IR", half the file, the runtime choosing the compute precision), with the same metadata in the IR's
+    ``rt_info`` under ``efficientvim``. Checked in OpenVINO's CPU runtime: fp32 (f32 inference hint) against
+    PyTorch within ``EXPORT_TOLERANCE``, fp16 to twice the model's own fp16 error; int8 by top-1 agreement
+    with fp32 PyTorch on held-out images.
     Returns ``{"error": ...}`` or, for int8, the quantization report with OpenVINO's own agreement.
     """
     import tempfile
@@ -210,6 +277,8 @@ def export_openvino(
     ov = import_extra("openvino", "openvino", "OpenVINO export")
     onnx = import_extra("onnx", "onnx", "OpenVINO export (through ONNX)")
     path = _suffixed(path, ".xml", "an OpenVINO model (its weights in a .bin beside it)")
+    if precision != "int8":
+        _check_precision(precision, "openvino")
     reference, _ = _prepare(model)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
@@ -221,10 +290,11 @@ def export_openvino(
             export_onnx(model, onnx_file, opset=opset, img_size=img_size)
             report = {}
         meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+        meta["precision"] = json.dumps(precision)  # of this file (the ONNX in between is float32 unless int8)
         converted = ov.convert_model(str(onnx_file))
     for key, value in meta.items():
         converted.set_rt_info(value, ["efficientvim", key])
-    ov.save_model(converted, str(path), compress_to_fp16=False)  # the weights stay as exported
+    ov.save_model(converted, str(path), compress_to_fp16=precision == "fp16")  # else the weights stay as exported
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     if precision == "int8":
         from .quantize import held_out_images, top1_agreement
@@ -234,7 +304,7 @@ def export_openvino(
         return {**report, "checked_images": len(images), "held_out": fresh, "top1_agreement": agreement}
     sizes = _check_sizes(reference, img_size)
     error = _verify(reference, lambda x: [compiled(x.numpy())[o] for o in compiled.outputs], sizes,
-                    f"OpenVINO export {path}")
+                    f"OpenVINO export {path}", "fp16" if precision == "fp16" else "fp32")
     return {"error": error}
 
 

@@ -35,9 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--img-size", type=input_size, help=f"trace and check at this size (>= {MIN_IMG_SIZE}; "
                    "default: the model's)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default="fp32",
                    help="int8 (onnx, openvino, executorch, litert): static quantization calibrated on --calibration, "
-                   "top-1 agreement with fp32 on held-out images reported; fp16: Core ML's compute precision")
+                   "top-1 agreement with fp32 on held-out images reported; fp16 (onnx, torchscript: computes in "
+                   "float16, float32 in and out, for GPUs; openvino: weights stored as fp16; coreml: its compute "
+                   "precision); bf16 (torchscript); fp16/bf16 checked to twice the model's own error in them")
     p.add_argument("--calibration", metavar="DIR",
                    help="int8: a folder of typical images (searched recursively; a few hundred are used); "
                    "default: the digits training split bundled with scikit-learn")
@@ -45,8 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output = writable_file(args.output)
-    if args.precision == "fp16" and args.format != "coreml":
-        raise EfficientViMError("--precision fp16 applies to --format coreml (Core ML's compute precision)")
+    low = {"fp16": ("onnx", "torchscript", "openvino", "coreml"), "bf16": ("torchscript",)}  # export.py's, no torch
+    if args.precision in low and args.format not in low[args.precision]:
+        hint = " (OpenVINO takes the fp32 file and runs bf16 itself on CPUs that have it)" \
+            if args.precision == "bf16" else ""
+        raise EfficientViMError(f"--precision {args.precision} is written as {', '.join(low[args.precision])}, "
+                                f"not {args.format}: use one of those or --precision fp32{hint}")
     if args.precision == "int8" and args.format in ("torchscript", "coreml"):
         raise EfficientViMError("--precision int8 is written as ONNX (ONNX Runtime's QDQ format), OpenVINO, "
                                 "ExecuTorch or LiteRT: use --format onnx, openvino, executorch or litert")
@@ -96,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {output} and its .bin (OpenVINO IR from int8 QDQ ONNX, dynamic batch/height/width); top-1 "
                   f"agrees with fp32 PyTorch on {_checked(report)} (OpenVINO's CPU runtime)")
         else:
-            print(f"wrote {output} and its .bin (OpenVINO IR, fp32, dynamic batch/height/width); max relative error "
-                  f"vs PyTorch in OpenVINO's CPU runtime {report['error']:.1e}")
+            print(f"wrote {output} and its .bin (OpenVINO IR, {args.precision}, dynamic batch/height/width); max "
+                  f"relative error vs PyTorch in OpenVINO's CPU runtime {report['error']:.1e}")
         return 0
     if args.precision == "int8":
         from ..quantize import export_onnx_int8
@@ -107,11 +113,13 @@ def run(args: argparse.Namespace) -> int:
               f"{report['calibration_images']} images; top-1 agrees with fp32 PyTorch on {_checked(report)}")
         return 0
     if args.format == "onnx":
-        error = export_onnx(model, output, opset=args.opset, img_size=args.img_size)
+        error = export_onnx(model, output, opset=args.opset, img_size=args.img_size, precision=args.precision)
         what = f"ONNX opset {args.opset}"
     else:
-        error = export_torchscript(model, output, img_size=args.img_size)
+        error = export_torchscript(model, output, img_size=args.img_size, precision=args.precision)
         what = "TorchScript"
+    if args.precision != "fp32":
+        what += f", computes in {args.precision} with float32 images in and outputs out"
     print(f"wrote {output} ({what}, dynamic batch/height/width); max relative error vs PyTorch {error:.1e}")
     return 0
 
