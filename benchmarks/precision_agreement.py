@@ -8,8 +8,8 @@ top-1 agreement with the float32 model and the largest logit change.
 Rows: the model as trained (float32), fused in float32, fused in bfloat16 (``fuse(dtype=torch.bfloat16)``;
 float32 where the CPU has no native bfloat16, as fuse says), the fused float32 model under CPU bf16 autocast,
 and the model itself converted with ``.to(torch.bfloat16)`` for comparison; then one row per exported file of
-``--files`` (.onnx in ONNX Runtime, .pt in TorchScript, .xml in OpenVINO, .pte in ExecuTorch, .tflite in LiteRT; fixed-shape files are
-run image by image), made from the same checkpoint by ``efficientvim export``.
+``--files`` (.onnx in ONNX Runtime, .pt in TorchScript, .xml in OpenVINO, .pte in ExecuTorch, .tflite in LiteRT;
+fixed-shape files are run image by image), made from the same checkpoint by ``efficientvim export``.
 
 ``--device cuda`` compares the GPU's rows instead, against the same float32 model on CPU: the model and the fused
 model in float32 (cuDNN's TF32 convolutions), fused in float16 and in bfloat16, the fused float32 model under CUDA

@@ -341,7 +341,7 @@ def test_low_precision_files_compute_in_it_behind_a_float32_interface(tmp_path, 
             out = loaded(x)
         assert out.dtype == torch.float32
         got = out.numpy()
-    assert 0 < error and relative_error(expected, got) <= 2 * own
+    assert error > 0 and relative_error(expected, got) <= 2 * own
     assert own > 1e-4  # the bound is the low precision's, not float32's
 
 
