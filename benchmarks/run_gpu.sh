@@ -54,3 +54,6 @@ echo "== dense: trunk levels + FPN at 512x512, batch 32 (the paper's dense laten
 $PY -m efficientvim bench --device cuda --task dense --runtimes eager,cudagraph --precision fp16 \
   --models "$OURS,$TIMM,$SHVIT" --batch-size 32 --warmup 5 --repeats 30 --no-progress -o "$SCRATCH/dense"
 cp "$SCRATCH/dense/results.json" "$OUT/cuda-dense.json"
+
+echo "== exported files on the GPU (TorchScript fp32/fp16/bf16 on CUDA; fp16 ONNX where ONNX Runtime has CUDA)"
+$PY benchmarks/gpu_exports.py "$CHECKPOINT"
