@@ -345,6 +345,12 @@ def test_low_precision_files_compute_in_it_behind_a_float32_interface(tmp_path, 
     assert own > 1e-4  # the bound is the low precision's, not float32's
 
 
+def test_the_command_line_offers_each_precision_for_the_formats_that_write_it():
+    from efficientvim.cli import export as command
+
+    assert command.LOW_PRECISION_FORMATS == export.LOW_PRECISION_FORMATS  # the CLI's copy does not import torch
+
+
 def test_a_low_precision_file_further_off_than_the_model_itself_is_refused(tmp_path, monkeypatch):
     forward = export._FloatInterface.forward
     monkeypatch.setattr(export._FloatInterface, "forward", lambda self, x: forward(self, x) * 1.05)

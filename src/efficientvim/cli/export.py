@@ -45,9 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "default: the digits training split bundled with scikit-learn")
 
 
+# efficientvim.export.LOW_PRECISION_FORMATS, written out so the command line parses without torch (tested to agree)
+LOW_PRECISION_FORMATS = {"fp16": ("onnx", "torchscript", "openvino", "coreml"), "bf16": ("torchscript",)}
+
+
 def run(args: argparse.Namespace) -> int:
     output = writable_file(args.output)
-    low = {"fp16": ("onnx", "torchscript", "openvino", "coreml"), "bf16": ("torchscript",)}  # export.py's, no torch
+    low = LOW_PRECISION_FORMATS
     if args.precision in low and args.format not in low[args.precision]:
         hint = " (OpenVINO takes the fp32 file and runs bf16 itself on CPUs that have it)" \
             if args.precision == "bf16" else ""
