@@ -92,12 +92,15 @@ def test_both_gemm_libraries_compute_the_fused_model_exactly(model, library, mon
     """float32 projections run on MKL (Intel) or oneDNN (AMD): both paths, whichever CPU runs the tests."""
     monkeypatch.setattr(ev.kernels, "GEMM_LIBRARY", library)
     fused = ev.fuse(model)
+    many = torch.randn(6, 3, 96, 160, generator=torch.Generator().manual_seed(1))  # the stem's NCHW path on oneDNN
+    assert ev.kernels.stem_reads_nchw(many) == (library == "onednn" and ev.kernels.MKLDNN_PACKED)
+    assert not ev.kernels.stem_reads_nchw(X[:1])
     with torch.no_grad():
-        for batch in (3, 1):  # batch 1: the pre-packed small-GEMM path
-            reference = model(X[:batch])
-            assert relative_error(reference, fused(X[:batch])) <= 1e-4
+        for x in (X, X[:1], many):  # batch 1: the pre-packed small-GEMM path
+            reference = model(x)
+            assert relative_error(reference, fused(x)) <= 1e-4
             with torch.autocast("cpu", torch.bfloat16):  # neither library's float32 kernels under autocast
-                assert fused(X[:batch]).dtype == torch.bfloat16
+                assert fused(x).dtype == torch.bfloat16
 
 
 def test_gemm_library_follows_the_cpu_vendor_unless_told():

@@ -52,6 +52,7 @@ from .kernels import (
     native_precision,
     packed_conv2d,
     packed_linear,
+    stem_reads_nchw,
 )
 from .layers import ChannelLayerNorm, ConvNorm, PatchMerging, Stem
 from .model import EfficientViM, EfficientViMBlock, EfficientViMFeatures, EfficientViMStage, _check_input
@@ -146,8 +147,11 @@ class FusedStem(nn.Module):
         """Return the stride 4, 8 and 16 maps as (B, H, W, C), or NCHW with ``channels_first``."""
         if not self.channels_first:
             # one reordering copy of the small 3-channel image: the first conv then reads a channels-last
-            # map like the others (and runs on its pre-reordered weight)
-            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+            # map like the others (and runs on its pre-reordered weight); where oneDNN reads a batch of
+            # NCHW images faster than the copy costs, they go in as they are (kernels.stem_reads_nchw)
+            if not stem_reads_nchw(x):
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.permute(0, 2, 3, 1)
         levels = []
         for conv in self.conv:
             x = conv(x)
