@@ -156,7 +156,7 @@ def stem_reads_nchw(x: torch.Tensor) -> bool:
     """Whether the stem's first convolution reads the NCHW images as they come rather than a channels-last
     copy: on the oneDNN path (``GEMM_LIBRARY``), for more than one image. There the pre-reordered convolution
     takes NCHW itself and returns channels-last maps. The copy of a batch cost the float32 model 0-23% by the
-    allocator's state (AMD EPYC Zen 4, batch 32, alternating calls, old/new: M2 1.00x-1.23x over five runs, M1
+    allocator's state (AMD EPYC Zen 4, batch 32, alternating calls, old/new: M2 1.00x-1.23x over four runs, M1
     1.00x-1.12x, M4 at 256 1.00x-1.02x; never slower; bfloat16 unchanged, 0.996x); for a single image the
     copy stays (0.98x-0.99x without it). MKL's path (Intel) keeps the copy: its plain convolution would
     return NCHW maps to the token layout."""
