@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/benchmarks.md's CUDA section, in one go (a lent GPU's time is short):
-# the CUDA tests, the precision agreement of the trained digits model on the GPU, then the batch-256
-# benchmark (eager and CUDA graphs, fp16 and bf16, channels-last) against SHViT and timm's port, then
-# torch.compile for the M2/S2 pair. Each step's results are copied to $OUT as it ends.
+# the CUDA tests, the precision agreement of the trained digits model on the GPU, the user's commands
+# (classification and dense, as a stranger runs them), then the batch-256 benchmark (eager and CUDA
+# graphs, fp16 and bf16, channels-last) against SHViT and timm's port, torch.compile for the M2/S2 pair,
+# the dense benchmark and the exported files on the GPU. Each step's results are copied to $OUT as it ends.
+# (The calls of 2026-11-30 ran these steps as separate calls of the same commands.)
 #   OUT=gpu-results CHECKPOINT=runs/digits/best.safetensors bash benchmarks/run_gpu.sh
 set -uo pipefail
 OUT=${OUT:-gpu-results}
@@ -36,6 +38,12 @@ for i, (w, h) in enumerate([(640, 480), (333, 517), (1024, 97)]):
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(out / f"photo{i}.jpg")
 PYEOF
 $PY -m efficientvim predict --checkpoint "$CHECKPOINT" --precision bf16 --topk 1 "$SCRATCH/photos"
+$PY -m efficientvim predict --model efficientvim_m1 --full-resolution --topk 1 "$SCRATCH/photos"
+$PY -m efficientvim visualize "$SCRATCH/photos/photo0.jpg" --checkpoint "$CHECKPOINT" -o "$SCRATCH/states.png"
+echo "== dense training and evaluation on the GPU, one epoch each (that they run, not what they reach)"
+$PY -m efficientvim train --task segmentation --epochs 1 --output "$SCRATCH/seg" 2>&1 | grep -v "batch/s" | tail -2
+$PY -m efficientvim eval --task segmentation --checkpoint "$SCRATCH/seg/best.safetensors" 2>&1 | tail -1
+$PY -m efficientvim train --task detection --epochs 1 --output "$SCRATCH/det" 2>&1 | grep -v "batch/s" | tail -2
 
 echo "== batch 256 and batch 1: eager and CUDA graphs, fp16 and bf16"
 $PY -m efficientvim bench --device cuda --runtimes eager,cudagraph --precision fp16,bf16 \
