@@ -358,6 +358,14 @@ def test_a_low_precision_file_further_off_than_the_model_itself_is_refused(tmp_p
         export_onnx(_tiny(), tmp_path / "off.onnx", precision="fp16")
 
 
+def test_a_model_whose_values_leave_the_precision_is_refused_in_it(tmp_path):
+    """A default-initialised trunk ends in maps of about 1e-10, below float16's range: its own fp16 error is
+    huge, and a bound of twice that would pass any file."""
+    model = efficientvim.create_model("efficientvim_m1", features_only=True).eval()
+    with pytest.raises(ExportError, match=r"the model itself is off by .* in fp16 .*: export it in fp32 or bf16"):
+        export_onnx(model, tmp_path / "features.onnx", precision="fp16", img_size=128)
+
+
 def test_openvino_fp16_stores_half_the_weights_and_says_so(tmp_path):
     ov = pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
     from efficientvim.export import export_openvino

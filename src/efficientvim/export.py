@@ -31,6 +31,10 @@ EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
 # files computing in half precision, float32 in and out: which formats write each (the others say so)
 LOW_PRECISION_FORMATS = {"fp16": ("onnx", "torchscript", "openvino", "coreml"), "bf16": ("torchscript",)}
 LOW_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# largest relative error of the model itself in fp16/bf16 for which a file in that precision is written: beyond
+# it the precision does not hold the model's values (default-initialised trunks end in maps of 1e-10, below
+# fp16's range), and twice that error would pass any file
+LOW_PRECISION_LIMIT = 0.1
 MIN_OPSET = 17
 EXPORT_LAYOUT = "channels_first"  # ONNX has no strided views: NCHW avoids a transpose around every conv
 METADATA_KEYS = ("model_name", "input_size", "mean", "std", "crop_pct", "interpolation", "label_names")
@@ -88,7 +92,7 @@ def _verify(reference: nn.Module, run, sizes: list[tuple[int, int, int]], what: 
     The tolerance is ``EXPORT_TOLERANCE`` for a float32 file. A file computing in fp16 or bf16 cannot be
     closer to float32 than the model itself run in that precision, so its tolerance is twice the model's
     own error in it (``reference`` converted with ``.to(dtype)``, on the same images) or ``EXPORT_TOLERANCE``,
-    whichever is larger."""
+    whichever is larger; a model whose own error exceeds ``LOW_PRECISION_LIMIT`` is refused in that precision."""
     worst = own = 0.0
     low = copy.deepcopy(reference).to(LOW_PRECISION_DTYPES[precision]) if precision != "fp32" else None
     g = torch.Generator().manual_seed(0)
@@ -106,6 +110,12 @@ def _verify(reference: nn.Module, run, sizes: list[tuple[int, int, int]], what: 
             if o.shape != e.shape:
                 raise ExportError(f"{what} gave shape {o.shape} for input {tuple(x.shape)}, PyTorch {e.shape}")
             worst = max(worst, _relative(o, e))
+    if own > LOW_PRECISION_LIMIT:
+        other = "fp32 or bf16" if precision == "fp16" else "fp32"
+        raise ExportError(
+            f"{what}: the model itself is off by {own:.1e} relative in {precision} (its values leave {precision}'s "
+            f"range), so no {precision} file can be checked against it: export it in {other}"
+        )
     tolerance = max(EXPORT_TOLERANCE, 2 * own)
     if worst > tolerance:
         why = f"twice the model's own {precision} error" if tolerance > EXPORT_TOLERANCE else "float32"
