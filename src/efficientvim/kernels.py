@@ -160,7 +160,8 @@ def stem_reads_nchw(x: torch.Tensor) -> bool:
     1.00x-1.12x, M4 at 256 1.00x-1.02x; never slower; bfloat16 unchanged, 0.996x); for a single image the
     copy stays (0.98x-0.99x without it). MKL's path (Intel) keeps the copy: its plain convolution would
     return NCHW maps to the token layout."""
-    return GEMM_LIBRARY == "onednn" and MKLDNN_PACKED and x.numel() > STEM_COPY_ELEMENTS and _eager_cpu(x)
+    # the size test last (see packed_linear)
+    return GEMM_LIBRARY == "onednn" and MKLDNN_PACKED and _eager_cpu(x) and x.numel() > STEM_COPY_ELEMENTS
 
 
 def packed_linear(
