@@ -160,7 +160,10 @@ class PatchMerging(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> PatchMerging:
-        """Fold every BatchNorm and both residual branches x + DW(x) into plain convs (in place), for inference."""
+        """Fold every BatchNorm and both residual branches x + DW(x) into plain convs (in place), for inference;
+        a second call changes nothing (the residuals are folded once)."""
+        if self.residuals_folded:
+            return self
         self.dwconv1.fuse(identity=True)
         self.dwconv2.fuse(identity=True)
         for m in self.conv:

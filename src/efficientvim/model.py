@@ -69,7 +69,10 @@ class EfficientViMBlock(nn.Module):
     def fuse(self) -> "EfficientViMBlock":
         """Fold every BatchNorm, and the gates of the two depthwise branches (s K + (1 - s) delta), into plain
         convs, in place: what ``timm.utils.reparameterize_model`` calls. Inference only (no stochastic depth).
-        ``efficientvim.fuse`` folds the whole model further (all four gates, token-major layout)."""
+        ``efficientvim.fuse`` folds the whole model further (all four gates, token-major layout).
+        A second call changes nothing (timm's contract: reparameterizing a reparameterized model is a no-op)."""
+        if self.gates_folded:  # the gates are in the kernels already: folding them again would apply them twice
+            return self
         s = self.alpha.sigmoid()
         self.dwconv1.fuse(gate=s[0])
         self.dwconv2.fuse(gate=s[2])
@@ -385,19 +388,21 @@ class EfficientViM(_Trunk):
         that stage's map, not normalised.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"EfficientViM intermediates are NCHW only, not {output_fmt!r}")
+            raise ValueError("EfficientViM intermediates are NCHW only, not '" + output_fmt + "'")
         take, last = feature_take_indices(len(self.stages), indices)
         _check_input(x, self.in_chans, self.total_stride)
         x = self.patch_embed(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: last + 1]
+        # a count rather than a slice of the stages: TorchScript iterates a module's own ModuleList only
+        stop = len(self.stages) if torch.jit.is_scripting() or not stop_early else last + 1
         intermediates, features = [], []
         out = x
-        for i, (stage, stage_norm) in enumerate(zip(stages, self.norm)):
-            out, x, h = stage(x)
-            if i in take:
-                intermediates.append(stage_norm(out) if norm else out)
-            if not intermediates_only:
-                features.append(stage_norm(h))
+        for i, (stage, stage_norm) in enumerate(zip(self.stages, self.norm)):
+            if i < stop:  # (no break: TorchScript unrolls a loop over modules)
+                out, x, h = stage(x)
+                if i in take:
+                    intermediates.append(stage_norm(out) if norm else out)
+                if not intermediates_only:
+                    features.append(stage_norm(h))
         if intermediates_only:
             return intermediates
         ran_all = torch.jit.is_scripting() or not stop_early or last == len(self.stages) - 1
