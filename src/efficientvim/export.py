@@ -269,7 +269,7 @@ def _check_precision(precision: str, fmt: str) -> None:
 
 def export_openvino(
     model: nn.Module, path: str | os.PathLike, precision: str = "fp32", calibration: str | os.PathLike | None = None,
-    img_size: int | None = None, opset: int = MIN_OPSET,
+    img_size: int | None = None, opset: int = MIN_OPSET, weight_bits: int = 7,
 ) -> dict:
     """Write ``model`` as OpenVINO IR (``path`` .xml and its .bin) with dynamic batch, height and width.
 
@@ -295,7 +295,8 @@ def export_openvino(
         if precision == "int8":
             from .quantize import export_onnx_int8
 
-            report = export_onnx_int8(model, onnx_file, calibration=calibration, opset=opset, check=False)
+            report = export_onnx_int8(model, onnx_file, calibration=calibration, opset=opset, check=False,
+                                      weight_bits=weight_bits)
         else:
             export_onnx(model, onnx_file, opset=opset, img_size=img_size)
             report = {}
@@ -307,9 +308,9 @@ def export_openvino(
     ov.save_model(converted, str(path), compress_to_fp16=precision == "fp16")  # else the weights stay as exported
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     if precision == "int8":
-        from .quantize import held_out_images, top1_agreement
+        from .quantize import CALIBRATION_IMAGES, held_out_images, top1_agreement
 
-        images, fresh = held_out_images(reference, calibration, report["calibration_images"])
+        images, fresh = held_out_images(reference, calibration, CALIBRATION_IMAGES)
         agreement = top1_agreement(reference, lambda b: compiled(b)[compiled.outputs[0]], images)
         return {**report, "checked_images": len(images), "held_out": fresh, "top1_agreement": agreement}
     sizes = _check_sizes(reference, img_size)
@@ -384,12 +385,12 @@ def _fixed_shape_check(reference: nn.Module, path: Path, sample: torch.Tensor, p
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     size = tuple(sample.shape[-2:])
     if precision == "int8":
-        from .quantize import held_out_images, top1_agreement
+        from .quantize import CALIBRATION_IMAGES, held_out_images, top1_agreement
 
         def batch_run(batch: np.ndarray) -> np.ndarray:  # the file takes one image at a time
             return np.concatenate([run(torch.from_numpy(x[None]))[0] for x in batch])
 
-        check, fresh = held_out_images(reference, calibration, report["calibration_images"], size)
+        check, fresh = held_out_images(reference, calibration, CALIBRATION_IMAGES, size)
         return {**report, "checked_images": len(check), "held_out": fresh,
                 "top1_agreement": top1_agreement(reference, batch_run, check)}
     sizes = [(1, *size), (1, *size)]

@@ -34,23 +34,47 @@ from .errors import EfficientViMError, ExportError, import_extra
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Relu", "Clip")
 CALIBRATION_IMAGES = 256  # images run for the ranges: enough for min/max to settle, a few seconds
 CHECK_IMAGES = 64  # held-out images the int8 model's top-1 is compared on
+# Bits of the int8 weights. x86 CPUs without VNNI (AVX2; AVX-512 without VNNI) multiply uint8 activations by
+# int8 weights with VPMADDUBSW, which adds adjacent products into a saturating int16: two products of
+# 255 x 127 (64,770) overflow it. ONNX Runtime takes that kernel there (so does oneDNN, OpenVINO's int8 from
+# this file), and the digits model kept its top-1 on 92.5% of images on an AMD Zen 3. With 7-bit weights
+# (|w| <= 64) a pair sums to at most 2 x 255 x 64 = 32,640 < 32,767: exact on every x86 CPU, at the cost of one
+# bit of weight resolution (docs/benchmarks.md, "int8 on every CPU"). 8 bits is for files that only ever run
+# on CPUs with VNNI (VPDPBUSD accumulates in int32).
+WEIGHT_BITS = (7, 8)
 
 
-def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count: int, skip: int = 0,
+def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count: int,
                        size: tuple[int, int] | None = None) -> list[torch.Tensor]:
-    """``count`` preprocessed images (C, H, W) from ``folder`` (evenly spread over its sorted files, after
-    the first ``skip`` of that spread), or from the digits' training split when ``folder`` is None; at the
-    model's input size, or ``size`` (height, width)."""
-    from .images import read_image
-    from .predict import expand_inputs, make_transform
+    """Up to ``count`` preprocessed images (C, H, W) of ``folder`` (searched recursively; None: the digits'
+    training split) to calibrate on, at the model's input size or ``size`` (height, width): spread evenly over
+    the sorted files, never one that :func:`held_out_images` checks on."""
+    return _read(model, folder, size, _split(_count(folder), count)[0])
 
-    transform = make_transform(model, size)
-    if folder is None:
-        from .data import DigitsDataset
 
-        digits = DigitsDataset("train")
-        picks = _spread(len(digits), count + skip)[skip:]
-        return [transform(digits.images[i]) for i in picks]
+def held_out_images(model: nn.Module, folder: str | os.PathLike | None, count: int,
+                    size: tuple[int, int] | None = None) -> tuple[list[torch.Tensor], bool]:
+    """(images, held out): the images of ``folder`` an int8 file is checked on after calibrating on ``count``
+    (:func:`calibration_images`): up to ``CHECK_IMAGES`` others; a folder too small to spare any (under 8
+    images) gives its calibration images, and False."""
+    calibrate, check = _split(_count(folder), count)
+    return (_read(model, folder, size, check), True) if check else (_read(model, folder, size, calibrate), False)
+
+
+def _split(n: int, count: int) -> tuple[list[int], list[int]]:
+    """(calibration, check) indices into ``n`` sorted files: disjoint, each spread evenly over the files. Up to
+    ``CHECK_IMAGES`` are held out; a folder with fewer than ``count`` + ``CHECK_IMAGES`` files holds out a
+    quarter of them (so 80 images calibrate on 60 and check on 20), one with under 8 none."""
+    check = CHECK_IMAGES if n >= count + CHECK_IMAGES else (min(CHECK_IMAGES, n // 4) if n >= 8 else 0)
+    picks = _spread(n, min(n, count + check))
+    held = set(_spread(len(picks), check))
+    calibrate = [p for j, p in enumerate(picks) if j not in held]
+    return [calibrate[j] for j in _spread(len(calibrate), count)], [picks[j] for j in sorted(held)]
+
+
+def _paths(folder: str | os.PathLike) -> list[Path]:
+    from .predict import expand_inputs
+
     folder = Path(folder)
     if not folder.is_dir():
         raise EfficientViMError(f"calibration folder {folder} not found: pass a folder of images")
@@ -58,7 +82,29 @@ def calibration_images(model: nn.Module, folder: str | os.PathLike | None, count
     if len(paths) < 2:
         raise EfficientViMError(f"calibration folder {folder} holds {len(paths)} images: give it at least 2 "
                                 f"(a few hundred typical ones are best)")
-    picks = _spread(len(paths), count + skip)[skip:]
+    return paths
+
+
+def _count(folder: str | os.PathLike | None) -> int:
+    if folder is None:
+        from .data import digits_split
+
+        return len(digits_split()["train"])
+    return len(_paths(folder))
+
+
+def _read(model: nn.Module, folder: str | os.PathLike | None, size: tuple[int, int] | None, picks: list[int]
+          ) -> list[torch.Tensor]:
+    from .images import read_image
+    from .predict import make_transform
+
+    transform = make_transform(model, size)
+    if folder is None:
+        from .data import DigitsDataset
+
+        digits = DigitsDataset("train")
+        return [transform(digits.images[i]) for i in picks]
+    paths = _paths(folder)
     return [transform(read_image(paths[i])) for i in picks]
 
 
@@ -74,9 +120,12 @@ def _batches(images: Sequence[torch.Tensor], size: int = 16) -> Iterator[np.ndar
         yield torch.stack(images[i : i + size]).numpy()
 
 
-def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Sequence[torch.Tensor]
-                  ) -> None:
-    """Static QDQ quantization of an ONNX file whose input is ``images``, calibrated on ``images``."""
+def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Sequence[torch.Tensor],
+                  weight_bits: int = 7) -> None:
+    """Static QDQ quantization of an ONNX file whose input is ``images``, calibrated on ``images``; weights in
+    ``weight_bits`` (``WEIGHT_BITS``: 7 runs exactly on every x86 CPU, 8 only on CPUs with VNNI)."""
+    if weight_bits not in WEIGHT_BITS:
+        raise ExportError(f"int8 weights take {' or '.join(map(str, WEIGHT_BITS))} bits, not {weight_bits}")
     quant = import_extra("onnxruntime.quantization", "onnx", "int8 quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -97,6 +146,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, im
             str(prepared), str(int8_path), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
             activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
             op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=quant.CalibrationMethod.MinMax,
+            reduce_range=weight_bits == 7,
         )
 
 
@@ -107,10 +157,12 @@ def export_onnx_int8(
     count: int = CALIBRATION_IMAGES,
     opset: int | None = None,
     check: bool = True,
+    weight_bits: int = 7,
 ) -> dict:
-    """Write ``model`` as an int8 QDQ ONNX file calibrated on ``calibration``; return ``calibration_images``
-    and, with ``check`` (a caller that checks the file in another runtime passes False), ``checked_images``,
-    ``held_out`` and ``top1_agreement`` (%) with the float32 PyTorch model in ONNX Runtime."""
+    """Write ``model`` as an int8 QDQ ONNX file calibrated on ``calibration``, weights in ``weight_bits``
+    (``WEIGHT_BITS``); return ``calibration_images``, ``weight_bits`` and, with ``check`` (a caller that checks
+    the file in another runtime passes False), ``checked_images``, ``held_out`` and ``top1_agreement`` (%) with
+    the float32 PyTorch model in ONNX Runtime."""
     import_extra("onnx", "onnx", "ONNX export")
     ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
     from .export import MIN_OPSET, _metadata, _prepare, set_onnx_metadata, write_onnx
@@ -123,13 +175,13 @@ def export_onnx_int8(
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         write_onnx(graph, fp32, tuple(images[0].shape[-2:]), opset or MIN_OPSET)
-        quantize_onnx(fp32, path, images)
+        quantize_onnx(fp32, path, images, weight_bits)
     calibrated = f"{len(images)} images of {calibration or 'the digits training split'}"
     set_onnx_metadata(path, {**_metadata(reference), "precision": json.dumps("int8"),
-                             "calibration": json.dumps(calibrated)})
-    report = dict(calibration_images=len(images))
+                             "calibration": json.dumps(calibrated), "weight_bits": json.dumps(weight_bits)})
+    report = dict(calibration_images=len(images), weight_bits=weight_bits)
     if check:
-        held_out, fresh = held_out_images(reference, calibration, len(images))
+        held_out, fresh = held_out_images(reference, calibration, count)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
         def run(batch: np.ndarray) -> np.ndarray:
@@ -138,14 +190,6 @@ def export_onnx_int8(
         report.update(checked_images=len(held_out), held_out=fresh,
                       top1_agreement=top1_agreement(reference, run, held_out))
     return report
-
-
-def held_out_images(model: nn.Module, calibration: str | os.PathLike | None, used: int,
-                    size: tuple[int, int] | None = None) -> tuple[list[torch.Tensor], bool]:
-    """(images, held out): ``CHECK_IMAGES`` images of ``calibration`` past the ``used`` calibration images, or,
-    in a folder too small to hold any more, its first ones (then not held out)."""
-    fresh = calibration_images(model, calibration, CHECK_IMAGES, skip=used, size=size)
-    return (fresh, True) if fresh else (calibration_images(model, calibration, CHECK_IMAGES, size=size), False)
 
 
 def top1_agreement(reference: nn.Module, run, images: Sequence[torch.Tensor]) -> float:

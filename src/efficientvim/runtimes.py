@@ -79,17 +79,23 @@ class FileRuntimeModel(nn.Module):
         return torch.from_numpy(np.array(self._run(x.detach().float().cpu().numpy()))).to(x.device)
 
 
-def inference_model(model: nn.Module, runtime: str = "eager", precision: str = "fp32",
-                    threads: int | None = None) -> nn.Module:
-    """``model`` ready for inference in ``runtime`` (``INFERENCE_RUNTIMES``) and ``precision``: fused in
-    PyTorch, or a :class:`FileRuntimeModel`. ``precision`` must be one the runtime runs
-    (``INFERENCE_PRECISIONS``) and, for bf16, one the device has natively (the caller checks that)."""
+def check_runtime_precision(runtime: str, precision: str) -> None:
+    """Raise unless ``runtime`` runs ``precision`` (``INFERENCE_PRECISIONS``): the same answer on every CPU, asked
+    before whether this CPU has the precision natively (where it does not, a runtime that takes it runs fp32)."""
     if runtime not in INFERENCE_RUNTIMES:
         raise EfficientViMError(f"unknown runtime {runtime!r}: choose from {', '.join(INFERENCE_RUNTIMES)}")
     if precision not in INFERENCE_PRECISIONS[runtime]:
         raise EfficientViMError(
             f"--runtime {runtime} runs {' or '.join(INFERENCE_PRECISIONS[runtime])}, not {precision}; int8: write "
             "the model once with `efficientvim export --precision int8` (calibrated) and run that file")
+
+
+def inference_model(model: nn.Module, runtime: str = "eager", precision: str = "fp32",
+                    threads: int | None = None) -> nn.Module:
+    """``model`` ready for inference in ``runtime`` (``INFERENCE_RUNTIMES``) and ``precision``: fused in
+    PyTorch, or a :class:`FileRuntimeModel`. ``precision`` must be one the runtime runs
+    (``INFERENCE_PRECISIONS``) and, for bf16, one the device has natively (the caller checks that)."""
+    check_runtime_precision(runtime, precision)
     if runtime == "eager":
         return fuse(model, dtype=PRECISION_DTYPES[precision])
     if next(model.parameters()).device.type != "cpu":

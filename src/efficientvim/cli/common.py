@@ -117,13 +117,17 @@ def model_from_args(args: argparse.Namespace):
     return create_model(args.model, checkpoint=args.checkpoint).eval()
 
 
-def resolve_precision(precision: str, device: str | None = None) -> str:
-    """``precision`` if ``device`` (default: the GPU if any, else the CPU) runs it natively, else fp32 with a
-    one-line note on stderr saying why (emulated bf16 would be slower than fp32)."""
+def resolve_precision(precision: str, device: str | None = None, runtime: str = "eager") -> str:
+    """``precision`` if ``runtime`` takes it (else an error, whatever the CPU) and ``device`` (default: the GPU if
+    any, else the CPU) runs it natively; else fp32 with a one-line note on stderr saying why (emulated bf16 would
+    be slower than fp32)."""
     import torch
 
     from ..deploy import PRECISION_DTYPES
     from ..kernels import native_precision
+    from ..runtimes import check_runtime_precision
+
+    check_runtime_precision(runtime, precision)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     why = native_precision(PRECISION_DTYPES[precision], device)
@@ -150,7 +154,7 @@ def inference_for(model, precision: str = "fp32", runtime: str = "eager"):
     from ..runtimes import inference_model
 
     device = next(model.parameters()).device.type
-    return inference_model(model, runtime, resolve_precision(precision, device))
+    return inference_model(model, runtime, resolve_precision(precision, device, runtime))
 
 
 def has_random_weights(args: argparse.Namespace) -> bool:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size,
                             args.batch_size or 64, args.workers, args.amp, args.strict_data,
-                            resolve_precision(args.precision), args.runtime)
+                            resolve_precision(args.precision, runtime=args.runtime), args.runtime)
     print(f"{m['model']} at {m['img_size']}px on {m['images']} images: "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
     return 0

@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
         report = export_openvino(model, output, args.precision, args.calibration, args.img_size, args.opset)
         if args.precision == "int8":
-            print(f"wrote {output} and its .bin (OpenVINO IR from int8 QDQ ONNX, dynamic batch/height/width); top-1 "
-                  f"agrees with fp32 PyTorch on {_checked(report)} (OpenVINO's CPU runtime)")
+            print(f"wrote {output} and its .bin (OpenVINO IR from int8 QDQ ONNX, {_weights(report)}, dynamic "
+                  f"batch/height/width); top-1 agrees with fp32 PyTorch on {_checked(report)} (OpenVINO's CPU runtime)")
         else:
             print(f"wrote {output} and its .bin (OpenVINO IR, {args.precision}, dynamic batch/height/width); max "
                   f"relative error vs PyTorch in OpenVINO's CPU runtime {report['error']:.1e}")
@@ -113,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         from ..quantize import export_onnx_int8
 
         report = export_onnx_int8(model, output, calibration=args.calibration, opset=args.opset)
-        print(f"wrote {output} (ONNX opset {args.opset}, int8 QDQ, dynamic batch/height/width), calibrated on "
-              f"{report['calibration_images']} images; top-1 agrees with fp32 PyTorch on {_checked(report)}")
+        print(f"wrote {output} (ONNX opset {args.opset}, int8 QDQ, {_weights(report)}, dynamic batch/height/width), "
+              f"calibrated on {report['calibration_images']} images; top-1 agrees with fp32 PyTorch on "
+              f"{_checked(report)}")
         return 0
     if args.format == "onnx":
         error = export_onnx(model, output, opset=args.opset, img_size=args.img_size, precision=args.precision)
@@ -131,3 +132,9 @@ def run(args: argparse.Namespace) -> int:
 def _checked(report: dict) -> str:
     which = "held-out images" if report["held_out"] else "calibration images (the folder holds no others)"
     return f"{report['top1_agreement']:.1f}% of {report['checked_images']} {which}"
+
+
+def _weights(report: dict) -> str:
+    """Which int8 weights were written and where they run exactly (efficientvim.quantize.WEIGHT_BITS)."""
+    where = "exact on every x86 CPU" if report["weight_bits"] == 7 else "exact only on CPUs with VNNI"
+    return f"{report['weight_bits']}-bit weights, {where}"
