@@ -57,7 +57,11 @@ def test_predict_with_the_saved_weights_agrees_with_the_reported_val_accuracy(ph
 
 
 def test_the_trained_model_in_bfloat16_predicts_what_it_does_in_float32(photo_run):
-    """Low precision on real photos and real weights: the same top-1 for every val image, logits close."""
+    """Low precision on real photos and real weights: the fused model in bfloat16 is within twice the bfloat16
+    rounding of the model itself, measured on this CPU and these images (native bf16 or emulated, whichever the
+    CPU has), and keeps the float32 top-1 at least as often as the model itself does in bfloat16."""
+    import copy
+
     import efficientvim as ev
     from efficientvim.data import build_datasets
     from efficientvim.train.classification import eval_transform
@@ -67,18 +71,23 @@ def test_the_trained_model_in_bfloat16_predicts_what_it_does_in_float32(photo_ru
     _, val, _ = build_datasets(str(photo_run["data"]), "", val_transform=eval_transform(cfg["input_size"][-1], cfg),
                                need_train=False, val_classes=cfg["label_names"])
     x = torch.stack([val[i][0] for i in range(len(val))])
-    fused = ev.fuse(model).to(torch.bfloat16)  # bf16 arithmetic on any CPU (emulated where not native)
-    with torch.no_grad():
-        reference = model(x)
-        got = fused(x).float()
-        with torch.autocast("cpu", torch.bfloat16):
-            autocast = ev.fuse(model)(x).float()
     assert len(x) == 20
-    for low in (got, autocast):
-        assert torch.equal(low.argmax(1), reference.argmax(1))
-        # bf16 keeps 8 bits: a few percent of the logit range (measured 1-3% on such runs)
-        span = (reference.max(1).values - reference.min(1).values).min()
-        assert (low - reference).abs().max() <= 0.08 * span
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(x.double())
+        own = copy.deepcopy(model).to(torch.bfloat16)(x.bfloat16()).double()  # the model's own bf16 rounding
+        with torch.autocast("cpu", torch.bfloat16):
+            own_autocast = model(x).double()
+            autocast = ev.fuse(model)(x).double()
+        fused = ev.fuse(model).to(torch.bfloat16)(x).double()  # bf16 arithmetic on any CPU (emulated where not native)
+
+    def agreement(y: torch.Tensor) -> int:
+        return int((y.argmax(1) == exact.argmax(1)).sum())
+
+    # measured (max logit error, own): Zen 4 native 0.060 vs 0.049, AVX2 emulated 0.068 vs 0.049 (a model with
+    # a logit span of 0.29: the 8 bits of bf16 are a few percent of it)
+    for low, reference in ((fused, own), (autocast, own_autocast)):
+        assert (low - exact).abs().max() <= 2 * (reference - exact).abs().max()
+        assert agreement(low) >= agreement(reference)
 
 
 def test_batchnorm_statistics_start_from_the_first_batch_not_from_zero_and_one():
