@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 import pytest
@@ -100,13 +101,32 @@ def test_rerun_of_a_finished_run_resumes_at_the_end(trained, capsys):
     assert len((trained["out"] / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_corrupt_image_is_named_and_skipped(tmp_path, capsys):
+def test_empty_and_cut_off_images_are_listed_before_training_and_corrupt_ones_noted_in_one_line(tmp_path):
+    """As a user runs it (a subprocess): empty and truncated files are found by the scan and listed with the other
+    skipped files, not counted in the class totals; an image that only fails when decoded is named in one line on
+    stderr, never as a Python warning printed into the progress bar."""
+    import subprocess
+    import sys
+
     data = make_folder(tmp_path / "data")
-    bad = data / "train" / "star" / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    with pytest.warns(UserWarning, match=r"skipped unreadable image: .*broken\.png"):
-        code = train(tmp_path, "--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "1")
-    assert code == 0 and (tmp_path / "out" / "best.safetensors").exists()
+    star = data / "train" / "star"
+    (star / "empty.jpg").write_bytes(b"")
+    whole = (star / "0.png").read_bytes()
+    (star / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (star / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image, yet it ends as one IEND\xaeB`\x82")
+    config = write_config(tmp_path / "tiny.yaml")
+    done = subprocess.run([sys.executable, "-m", "efficientvim", "train", "--config", str(config), "--data",
+                           str(data), "--output", str(tmp_path / "out"), "--epochs", "1", "--workers", "0"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    listed = next(line for line in done.stdout.splitlines() if "train: skipped" in line)
+    assert "skipped 2 files" in listed and "star/empty.jpg (empty (0 bytes))" in listed
+    assert re.search(r"star/cut\.png \(a truncated PNG \(\d+ bytes, no end marker\)\)", listed)
+    assert "star 7," in done.stdout  # 6 images and broken.png, which only decoding shows to be broken
+    notes = [line for line in done.stderr.splitlines() if "broken.png" in line]
+    assert len(notes) == 1 and re.fullmatch(r"note: skipped unreadable image: .*broken\.png is a truncated PNG file .*",
+                                           notes[0].split("\r")[-1])
+    assert "Warning" not in done.stderr and (tmp_path / "out" / "best.safetensors").exists()
 
 
 def test_corrupt_image_is_fatal_with_strict_data(tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Image classification datasets for training and evaluation.
 
 * ``ImageFiles``: an ImageFolder (one sub-folder per class) or a tar of one; every format Pillow
-  reads, through the package's one image reader. Files that are not images are listed with the
-  reason; an unreadable image is named and skipped with a warning, or is fatal in strict mode.
+  reads, through the package's one image reader. Files that are not images, empty files and cut-off
+  JPEGs and PNGs are found by the scan and listed with the reason; an image that still fails to decode is
+  named and skipped with a one-line note, or is fatal in strict mode.
 * ``DigitsDataset``: the 1,797 handwritten 8x8 digit scans that ship with scikit-learn, with a
   fixed stratified train/val split (1,437 / 360), so training runs with no download at all.
 * ``build_datasets`` picks one of those, or any other format timm's ``create_dataset`` reads
@@ -12,15 +13,17 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from .errors import DataError, ImageFileError
-from .images import is_image_name, read_image
+from .images import file_problem, is_image_name, read_image
 
 TRAIN_SPLITS = ("train",)
 VAL_SPLITS = ("val", "validation")
@@ -90,7 +93,8 @@ class ImageFiles(Dataset):
                 if not path.is_file():
                     continue
                 name = path.relative_to(self.root).as_posix()
-                reason = _skip_reason(name)
+                # empty and cut-off files found now, from sizes and end markers (not by decoding every image)
+                reason = _skip_reason(name) or file_problem(path)
                 if reason is None:
                     files.append((name, c))
                 else:
@@ -103,13 +107,14 @@ class ImageFiles(Dataset):
 
         try:
             with tarfile.open(self.root) as tf:
-                members = [m.name for m in tf.getmembers() if m.isfile()]
+                members = [(m.name, m.size) for m in tf.getmembers() if m.isfile()]
         except (tarfile.TarError, OSError) as e:
             raise DataError(f"{self.root} is not a readable tar file ({e}): pass a folder or a tar of one") from None
         files = []
-        for name in sorted(members):
+        for name, size in sorted(members):
             parent = Path(name).parent.name
-            reason = _skip_reason(name) or (None if parent else "not inside a class folder")
+            reason = _skip_reason(name) or (None if parent else "not inside a class folder") or (
+                "empty (0 bytes)" if size == 0 else None)
             if reason is None:
                 files.append((name, parent))
             else:
@@ -145,7 +150,8 @@ class ImageFiles(Dataset):
             except ImageFileError as e:
                 if self.strict:
                     raise DataError(f"unreadable image: {e} (--strict-data: remove or replace it)") from None
-                warnings.warn(f"skipped unreadable image: {e}", stacklevel=2)
+                # one line that keeps clear of a progress bar (a Python warning printed its source line into it)
+                tqdm.write(f"note: skipped unreadable image: {e}", file=sys.stderr)
         else:
             raise DataError(
                 f"{MAX_CONSECUTIVE_SKIPS} consecutive unreadable images from {self.filename(index)} on: "

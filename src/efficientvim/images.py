@@ -36,6 +36,37 @@ def is_image_name(name: str | os.PathLike) -> bool:
     return Path(name).suffix.lower() in image_suffixes()
 
 
+# leading bytes of the formats users mostly have, to tell a cut-off image from a file that is no image at all
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+# where a complete file of the format ends: JPEG's end-of-image marker (cameras may pad after it), PNG's IEND
+_END = {"JPEG": (b"\xff\xd9", 4096), "PNG": (b"IEND\xaeB`\x82", 12)}
+
+
+def _format_of(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why the file at ``path`` cannot be a whole image, as words that follow "is", from its size and its first
+    and last bytes (no decoding): empty, or a JPEG / PNG cut off before its end marker; None when nothing shows."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if not head:
+            return "empty (0 bytes)"
+        fmt = _format_of(head)
+        if fmt not in _END:
+            return None
+        marker, window = _END[fmt]
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - window))
+        if marker not in f.read(window):
+            return f"a truncated {fmt} ({size} bytes, no end marker)"
+    return None
+
+
 def read_image(
     source: str | os.PathLike | bytes | BinaryIO, name: str | os.PathLike | None = None, upright: bool = True
 ) -> Image.Image:
@@ -53,14 +84,34 @@ def read_image(
             im.load()  # decode now: a truncated file fails here, not later inside a transform
             return to_rgb(ImageOps.exif_transpose(im) if upright else im)
     except UnidentifiedImageError:
-        raise ImageFileError(
-            f"{label} is not an image Pillow can read: use JPEG, PNG, WebP, TIFF, BMP or GIF"
-        ) from None
+        raise ImageFileError(_unidentified(source, label)) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
+        problem = file_problem(source) if isinstance(source, (str, os.PathLike)) else None
+        if problem:  # said plainly where the file shows it (Pillow's own words are about its reader)
+            raise ImageFileError(f"{label} is {problem}: replace it with a complete copy") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImageFileError(f"{label} could not be decoded ({reason}): the file is truncated or corrupt") from None
+
+
+def _unidentified(source, label) -> str:
+    """Why Pillow could not tell what ``source`` is: empty, a known format cut off in its header, or not an image."""
+    try:
+        if hasattr(source, "read"):
+            source.seek(0)
+            head = source.read(16)
+        else:
+            with open(source, "rb") as f:
+                head = f.read(16)
+    except OSError:
+        head = b"?"
+    if not head:
+        return f"{label} is empty (0 bytes): replace it with the image it should hold"
+    fmt = _format_of(head)
+    if fmt:
+        return f"{label} is a truncated {fmt} file (it ends inside its header): replace it with a complete copy"
+    return f"{label} is not an image Pillow can read: use JPEG, PNG, WebP, TIFF, BMP or GIF"
 
 
 def load_image(path: str | os.PathLike, min_side: int = 1) -> Image.Image:
