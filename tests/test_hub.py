@@ -148,3 +148,32 @@ def test_folder_and_repo_mistakes_are_one_line_errors(pets, tmp_path, monkeypatc
         ev.create_model(str(folder), checkpoint=folder / "model.safetensors")
     with pytest.raises(TypeError, match="classifier made by efficientvim.create_model"):
         ev.save_pretrained(ev.create_model("efficientvim_m1", features_only=True, **TINY), tmp_path / "f")
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_weights_from_an_unreachable_hub_fail_fast_in_one_line(tmp_path, offline):
+    """No network: a weights tag is refused within seconds (huggingface_hub's retries took 23 s), saying why."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a loopback port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+           "HF_HUB_OFFLINE": "1" if offline else "0"}
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(v, None)
+    from PIL import Image
+
+    Image.new("RGB", (96, 80), "teal").save(tmp_path / "photo.png")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "efficientvim", "predict", str(tmp_path / "photo.png"), "--model",
+                           "efficientvim_m2.e450_in1k"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert time.monotonic() - start < 20  # mostly Python's start-up and imports
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    why = "offline mode (HF_HUB_OFFLINE) is set" if offline else "127.0.0.1 is unreachable (ConnectionRefusedError"
+    assert f"no cached model.safetensors for hub repo timm/efficientvim_m2.e450_in1k and {why}" in done.stderr

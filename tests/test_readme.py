@@ -24,6 +24,9 @@ def test_the_api_tour_runs(tmp_path, monkeypatch):
     exec(compile("\n".join(lines), str(README), "exec"), namespace)  # noqa: S102 (our own README)
     assert tuple(namespace["logits"].shape) == (1, 1000)
     assert efficientvim.load_model("pets.safetensors").pretrained_cfg["label_names"] == ["cat", "dog", "rabbit"]
+    # the folder keeps them too, and its card states the package's licence
+    assert efficientvim.from_pretrained("pets").pretrained_cfg["label_names"] == ["cat", "dog", "rabbit"]
+    assert "license: mit" in Path("pets/README.md").read_text().split("---")[1].splitlines()
 
 
 def test_class_names_must_name_every_class(tmp_path):
@@ -31,3 +34,6 @@ def test_class_names_must_name_every_class(tmp_path):
     with pytest.raises(ValueError, match=r"class_names must be 3 strings, one per output of the model; got 1 "
                        r"entries \(Ellipsis\)"):
         efficientvim.save_weights(model, tmp_path / "w.safetensors", class_names=[...])
+    with pytest.raises(ValueError, match=r"class_names must be 3 strings, one per output of the model; got 2"):
+        efficientvim.save_pretrained(model, tmp_path / "pets", class_names=["cat", "dog"])
+    assert not (tmp_path / "pets" / "model.safetensors").exists()

@@ -129,6 +129,20 @@ def test_empty_and_cut_off_images_are_listed_before_training_and_corrupt_ones_no
     assert "Warning" not in done.stderr and (tmp_path / "out" / "best.safetensors").exists()
 
 
+def test_a_missing_data_folder_is_said_before_an_earlier_run_is_compared(trained, tmp_path):
+    """The output folder holds a run on other data: a --data folder that does not exist is the error, not the
+    difference between the runs (it was "holds a run with other settings (data ... -> ...)")."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "efficientvim", "train", "--data", str(tmp_path / "my_photos"),
+                           "--output", str(trained["out"])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"efficientvim train: error: dataset folder {tmp_path / 'my_photos'} not "
+                                        "found: pass --data a folder with train/<class>/... and val/<class>/... (or "
+                                        "leave --data out to train on the bundled digits)"]
+
+
 def test_corrupt_image_is_fatal_with_strict_data(tmp_path, capsys):
     data = make_folder(tmp_path / "data")
     (data / "train" / "star" / "broken.png").write_bytes(b"truncated")

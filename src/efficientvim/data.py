@@ -265,7 +265,8 @@ def build_datasets(
         return _timm_datasets(data, dataset, train_transform, val_transform, need_train)
     root = Path(data)
     if not root.exists():
-        raise FileNotFoundError(f"dataset folder {root} not found")
+        raise FileNotFoundError(f"dataset folder {root} not found: pass --data a folder with train/<class>/... and "
+                                f"val/<class>/... (or leave --data out to train on the bundled digits)")
     train_dir, val_dir = find_split(root, TRAIN_SPLITS), find_split(root, VAL_SPLITS)
     if val_dir is None and not need_train:
         val_dir = root  # evaluating a bare class-folder tree

@@ -81,11 +81,20 @@ def fetch(repo: str, filename: str, revision: str | None = None) -> Path:
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the hub logs every retry; the failure is reported below in one line
+    offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     try:
+        try:  # the cache first: no network needed for a file fetched before
+            return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+        except Exception:
+            if offline:
+                raise
+        unreachable = _unreachable_hub()
+        if unreachable:  # said at once: huggingface_hub's own retries took 23 s to fail without a network
+            raise ConnectionError(unreachable)
         return Path(hf_hub_download(repo, filename, revision=revision))
     except Exception as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
-        why = "offline mode (HF_HUB_OFFLINE) is set" if offline else f"the download failed: {type(e).__name__}"
+        why = ("offline mode (HF_HUB_OFFLINE) is set" if offline else str(e) if isinstance(e, ConnectionError)
+               else f"the download failed: {type(e).__name__}")
         where = f"https://huggingface.co/{repo}/resolve/main/{filename}"
         if filename == WEIGHTS_NAME and repo.startswith("timm/"):  # a published weights file alone will do
             then = f"fetch {where} on a machine with internet and pass it as checkpoint=PATH (--checkpoint PATH)"
@@ -95,6 +104,28 @@ def fetch(repo: str, filename: str, revision: str | None = None) -> Path:
         raise CheckpointError(f"no cached {filename} for hub repo {repo} and {why}; {then}") from None
     finally:
         hf_logging.set_verbosity(level)
+
+
+HUB_CONNECT_TIMEOUT = 3.0  # seconds to open a connection to the hub before calling it unreachable
+
+
+def _unreachable_hub() -> str | None:
+    """Why the hub cannot be reached (no connection within ``HUB_CONNECT_TIMEOUT``), or None. Behind a proxy
+    the hub itself is not dialled, so no verdict is given there."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as e:
+        return f"{url.hostname} is unreachable ({type(e).__name__}: {e.strerror or e})"
+    return None
 
 
 def _read_config(path: Path) -> dict:
@@ -121,11 +152,13 @@ def source_settings(config: Mapping) -> tuple[str, dict, dict]:
     return name, args, meta
 
 
-def hub_config(model: nn.Module) -> dict:
+def hub_config(model: nn.Module, class_names: Sequence[str] | None = None) -> dict:
     """config.json for ``model`` in timm's hub layout (what ``timm.create_model("hf-hub:...")`` reads). The
     stage layout is always written, so a narrowed or deepened variant rebuilds in either port (the HSM-SSD
-    variants, which timm's port does not have, only when used)."""
+    variants, which timm's port does not have, only when used). ``class_names``: instead of the model's own."""
     cfg = dict(model.pretrained_cfg)
+    if class_names is not None:
+        cfg["label_names"] = list(class_names)
     args = model_layout(model)
     if model.in_chans != 3:
         args["in_chans"] = model.in_chans
@@ -146,8 +179,12 @@ def save_pretrained(
     speed: Sequence[Mapping] | None = None,
     accuracy: Sequence[Mapping] | None = None,
     name: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Write ``model`` as a loadable folder: model.safetensors, config.json and a model card README.md.
+
+    ``class_names`` (one per class) are recorded in the weights and config.json, as ``save_weights`` records
+    them; without it, the model's own (``pretrained_cfg["label_names"]``) if it has them.
 
     ``speed``: rows of ``efficientvim bench`` (its results.json, or ``run_benchmark`` results as dicts),
     each with ``command`` and ``machine`` added by the caller when known; ``accuracy``: rows with
@@ -160,8 +197,9 @@ def save_pretrained(
         raise TypeError("save_pretrained takes a classifier made by efficientvim.create_model")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(model, folder / WEIGHTS_NAME)
-    config = hub_config(model)
+    names = list(class_names) if class_names is not None else None
+    save_weights(model, folder / WEIGHTS_NAME, class_names=names)  # checks one string per class
+    config = hub_config(model, names)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_NAME).write_text(model_card(model, config, name or folder.name, speed, accuracy, on_hub=bool(name)))
     return folder
@@ -177,6 +215,7 @@ def push_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     commit_message: str = "Upload EfficientViM model",
+    class_names: Sequence[str] | None = None,
 ):
     """``save_pretrained`` into a temporary folder and upload it to the hub repo ``repo_id`` (created if
     missing). An existing README.md in the repo is kept. Returns huggingface_hub's commit info."""
@@ -186,7 +225,7 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     keep_card = api.file_exists(repo_id, CARD_NAME, revision=revision)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model", speed, accuracy, name=repo_id)
+        folder = save_pretrained(model, Path(tmp) / "model", speed, accuracy, name=repo_id, class_names=class_names)
         if keep_card:
             (folder / CARD_NAME).unlink()
         return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, create_pr=create_pr,
@@ -221,7 +260,7 @@ def model_card(
         "- efficientvim",
         "library_name: timm",
         "pipeline_tag: image-classification",
-        "license: apache-2.0",
+        "license: mit",  # the package's licence, as the authors' code (MIT)
         "---",
         f"# {name}",
         "",

@@ -214,7 +214,6 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
     say = log if d.is_main else (lambda *a, **k: None)
     output = Path(cfg.output)
     settings = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_SETTINGS}
-    resuming = check_resume(output, settings, resume_changed, say)
 
     name = cfg.model
     if cfg.distillation != "none" and not name.endswith("_dist"):
@@ -235,6 +234,8 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
             f"the training split has {len(train_ds)} images ({per_process} per process), fewer than one batch of "
             f"{cfg.batch_size}: lower --batch-size"
         )
+    # after the data is found: a missing --data folder is said as such, not as a change from an earlier run
+    resuming = check_resume(output, settings, resume_changed, say)
     source = cfg.data or "the embedded scikit-learn digits"
     say(f"data: {source}: {len(train_ds)} train / {len(val_ds)} val images, {len(classes)} classes")
     for split, ds in (("train", train_ds), ("val", val_ds)):

@@ -217,9 +217,8 @@ def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) 
     seed_all(recipe.seed)
     output = Path(cfg.default_output())
     settings = {k: v for k, v in plain_data(asdict(cfg)).items() if k not in RUN_ONLY_SETTINGS}
-    resuming = check_resume(output, settings, resume_changed, log)
-
     train_ds, val_ds, classes = dense_datasets(cfg.task, cfg.data, recipe, cfg.img_size, cfg.train_ann, cfg.val_ann)
+    resuming = check_resume(output, settings, resume_changed, log)  # after the data is found, as for classification
     if len(train_ds) < recipe.batch_size:
         raise DataError(f"the training split has {len(train_ds)} images, fewer than one batch of "
                         f"{recipe.batch_size}: lower --batch-size")
