@@ -119,3 +119,31 @@ def test_dense_benchmark_model_returns_the_fpn_levels_of_fused_and_unfused_trunk
     for fpn in (256, None):  # the fused trunk (and the FPN over it) computes what the unfused one does
         for plain, fused in zip(out["efficientvim_m1", fpn], out["efficientvim_m1+fuse", fpn]):
             torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_the_ratio_to_timm_agrees_with_the_rows_own_figures():
+    """A noisy machine: per-round ratios of 0.5x, 2x and 2.5x have a median of 2x, while the medians say timm's
+    model is faster (10 vs 12 s). The ratio is the medians' (0.83x), with the per-round quartiles as its spread."""
+    from efficientvim.bench import median_ratio, ratio_spread
+
+    timm_times, ours = [10.0, 10.0, 30.0], [20.0, 5.0, 12.0]
+    assert median_ratio(timm_times, ours) == pytest.approx(10 / 12)
+    low, high = ratio_spread(timm_times, ours)
+    assert low < 10 / 12 < high and low == pytest.approx(0.5) and high == pytest.approx(2.5)
+
+
+def test_bench_prints_the_ratio_of_its_img_s_columns_and_warns_when_rounds_disagree(tmp_path, capsys, monkeypatch):
+    import efficientvim.bench
+
+    argv = ["bench", "--models", "efficientvim_m1+fuse,timm:efficientvim_m1", "--resolutions", "64", "--batch-size",
+            "1", "--repeats", "3", "--warmup", "1", "--threads", "1", "--no-progress", "-o", str(tmp_path)]
+    monkeypatch.setattr(efficientvim.bench, "UNRELIABLE_SPREAD", -1.0)  # every spread counts as too wide
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    rows = {r["model"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    ours, theirs = rows["efficientvim_m1+fuse"], rows["timm:efficientvim_m1"]
+    assert ours["vs_timm"] == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
+    line = next(line for line in captured.out.splitlines() if line.startswith("efficientvim_m1+fuse"))
+    low, high = ours["vs_timm_spread"]
+    assert f"{ours['vs_timm']:.2f}x ({low:.2f}-{high:.2f})" in line
+    assert captured.err.startswith("warning: the rounds disagree on the ratio to timm for efficientvim_m1+fuse ")

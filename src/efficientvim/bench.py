@@ -3,7 +3,8 @@
 Every figure is the median of repeated timed calls after warm-up, with the device synchronised
 around each call on CUDA. Models of one setting (runtime, resolution, batch) are timed
 interleaved, one call each in turn, so a slow moment of a shared machine hits all of them;
-ratios against the timm baseline are medians of the per-round ratios. On CUDA, unfused models and their
+a ratio against the timm baseline is the ratio of the two medians (so it agrees with the rows' own figures),
+with the quartiles of the per-round ratios as its spread. On CUDA, unfused models and their
 images are channels-last (NHWC, as the peers time them) and run under autocast in fp16/bf16; the
 ``cudagraph`` runtime replays each model's kernels from a CUDA graph recorded once per input shape.
 
@@ -102,10 +103,11 @@ class Result:
     ms_per_image: float
     peak_memory_mb: float | None  # peak memory of one call above the model's own (None: not measurable)
     repeats: int
-    vs_timm: float | None = None  # time of timm's same variant / this time, median over rounds
+    vs_timm: float | None = None  # median time of timm's same variant / this median time
     times_ms: list[float] = field(default_factory=list)
     error: str | None = None
     gflops: float | None = None  # achieved: 2 x multiply-adds x images/s (the GEMM bound is in the run's meta)
+    vs_timm_spread: list[float] | None = None  # quartiles of the per-round ratios (a busy machine widens them)
 
 
 def model_family(name: str) -> str:
@@ -382,7 +384,22 @@ class _Runner:
 
 
 def median_ratio(base: Sequence[float], times: Sequence[float]) -> float:
-    return statistics.median(b / t for b, t in zip(base, times))
+    """How many times faster ``times`` runs than ``base``: the ratio of their medians, the same ratio the two
+    rows' img/s give. (The median of per-round ratios could point the other way on a noisy machine.)"""
+    return statistics.median(base) / statistics.median(times)
+
+
+def ratio_spread(base: Sequence[float], times: Sequence[float]) -> list[float]:
+    """Lower and upper quartiles of the per-round ratios base / times (rounds timed interleaved)."""
+    ratios = [b / t for b, t in zip(base, times)]
+    if len(ratios) < 2:
+        return [ratios[0], ratios[0]]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return [q1, q3]
+
+
+# a spread (upper - lower quartile) above this share of the ratio makes it unreliable: the machine was busy
+UNRELIABLE_SPREAD = 0.25
 
 
 def run_benchmark(
@@ -531,12 +548,14 @@ def _time_setting(runners, runtime, res, batch, device, precision, threads, warm
             continue
         median = statistics.median(times[name])
         base = TIMM_PREFIX + model_family(name)
-        vs_timm = median_ratio(times[base], times[name]) if base in times and base != name else None
+        compared = base in times and base != name
+        vs_timm = median_ratio(times[base], times[name]) if compared else None
         macs = runner.macs(size)
         results.append(Result(
             name, runtime, device, precision, threads, batch, size, median * 1e3, batch / median,
             median * 1e3 / batch, runner.peak_memory_mb(inputs[name], runtime), repeats, vs_timm,
             [t * 1e3 for t in times[name]], gflops=2 * macs * batch / median / 1e9 if macs else None,
+            vs_timm_spread=ratio_spread(times[base], times[name]) if compared else None,
         ))  # fmt: skip
     return results
 

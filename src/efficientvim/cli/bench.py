@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 from pathlib import Path
 
 from .common import non_negative_int, positive_int, writable_folder
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         args.models = list(DEFAULT_MODELS if args.task == "classification" else DENSE_DEFAULT_MODELS)
     from ..bench import (
         PRECISIONS,
+        UNRELIABLE_SPREAD,
         BenchmarkError,
         gemm_bound,
         machine_description,
@@ -114,16 +116,26 @@ def run(args: argparse.Namespace) -> int:
             if plot(rows, out / name, title) is not None:
                 paths[name] = out / name
     print(f"{'model':32s} {'runtime':12s} {'prec':>5s} {'res':>5s} {'batch':>5s} {'ms/call':>9s} {'img/s':>8s} "
-          f"{'vs timm':>8s} {'GFLOP/s':>8s} {'of bound':>8s}")
+          f"{'vs timm (rounds)':>17s} {'GFLOP/s':>8s} {'of bound':>8s}")
+    unreliable = []
     for r in results:
         if r.error:
             print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} failed: {r.error}")
             continue
-        ratio = f"{r.vs_timm:.2f}x" if r.vs_timm else ""
+        ratio = ""
+        if r.vs_timm:  # the ratio of the medians, and the quartiles of the per-round ratios
+            low, high = r.vs_timm_spread
+            ratio = f"{r.vs_timm:.2f}x ({low:.2f}-{high:.2f})"
+            if (high - low) > UNRELIABLE_SPREAD * r.vs_timm:
+                unreliable.append(r.model)
         rate = f"{r.gflops:.0f}" if r.gflops else ""
         share = f"{100 * r.gflops / bounds[r.precision]:.0f}%" if r.gflops and r.precision in bounds else ""
         print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} {r.resolution:5d} {r.batch_size:5d} "
-              f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>8s} {rate:>8s} {share:>8s}")  # fmt: skip
+              f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>17s} {rate:>8s} {share:>8s}")  # fmt: skip
+    if unreliable:
+        print(f"warning: the rounds disagree on the ratio to timm for {', '.join(dict.fromkeys(unreliable))} "
+              f"(quartiles more than {UNRELIABLE_SPREAD:.0%} apart): the machine was busy; rerun with more --repeats "
+              "on an idle machine before quoting them", file=sys.stderr)
     if bounds:
         rates = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items())
         size = 8192 if args.device.startswith("cuda") else 2048
