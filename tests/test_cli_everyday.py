@@ -153,6 +153,21 @@ def test_visualize_writes_a_png_of_the_documented_size(tiny_checkpoint, photos, 
     assert len(np.unique(np.asarray(picture.convert("RGB")).reshape(-1, 3), axis=0)) > 5000
 
 
+def test_visualize_at_a_small_input_says_which_stages_have_too_few_tokens_to_draw(tiny_checkpoint, photos, tmp_path):
+    """At 64 px stage 2 has 2x2 tokens and stage 3 one: their states all read the same tokens; no row of near
+    copies is drawn, and the user is told how to see them."""
+    out = tmp_path / "small.png"
+    result = run_cli("visualize", str(photos["astronaut"]), "--checkpoint", str(tiny_checkpoint), "-o", str(out),
+                     "--img-size", "64")
+    assert result.returncode == 0 and out.exists()
+    assert result.stderr.splitlines() == [
+        "note: at 64x64 the maps of stage 2 (2x2), stage 3 (1x1) have too few tokens to differ and are not drawn: a "
+        "larger --img-size (or --full-resolution on a large image) gives them room; the model then sees a size other "
+        "than its own"]
+    default = run_cli("visualize", str(photos["astronaut"]), "--checkpoint", str(tiny_checkpoint), "-o", str(out))
+    assert default.returncode == 0 and "note:" not in default.stderr  # 224: 14x14, 7x7, 4x4 tokens
+
+
 def test_info_prints_the_exact_parameter_count_and_stage_table():
     result = run_cli("info", "efficientvim_m1")
     assert result.returncode == 0, result.stderr

@@ -247,3 +247,23 @@ def test_evaluate_counts_top1_top5_and_mean_loss_over_batches():
     assert metrics["top1"] == pytest.approx(100 / 3)
     assert metrics["top5"] == pytest.approx(200 / 3)
     assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, y).item())
+
+
+def test_training_curves_colour_by_source_tick_whole_epochs_and_leave_out_what_says_nothing(tmp_path):
+    from efficientvim.train.engine import plot_curves
+
+    records = [{"epoch": e, "train_loss": 2.0 / e, "train_top1": 30.0 * e, "top1": 31.0 * e, "top5": 100.0,
+                "val_loss": 1.9 / e, "ema_top1": 29.0 * e, "ema_top5": 100.0, "ema_val_loss": 2.1 / e, "lr": 1e-3,
+                "img_per_s": 250.0, "time_s": 6.0} for e in (1, 2, 3)]
+    drawn = plot_curves(records, tmp_path / "curves.png", hidden=("top5", "ema_top5"))  # a 5-class run
+    lines = drawn["lines"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert set(lines) == {"train_loss", "train_top1", "top1", "val_loss", "ema_top1", "ema_val_loss"}
+    assert lines["train_loss"]["color"] == lines["train_top1"]["color"]  # one colour per source, in both panels
+    assert lines["val_loss"]["color"] == lines["top1"]["color"]
+    assert lines["ema_val_loss"]["color"] == lines["ema_top1"]["color"]
+    assert len({lines[k]["color"] for k in ("train_top1", "top1", "ema_top1")}) == 3
+    assert {k for k, v in lines.items() if v["panel"] == "loss"} == {"train_loss", "val_loss", "ema_val_loss"}
+    assert drawn["ticks"] == [1.0, 2.0, 3.0]  # whole epochs, no 1.5
+    shown = plot_curves(records, tmp_path / "curves.png")["lines"]  # more classes: top-5 drawn, its own style
+    assert shown["top5"]["style"] != shown["top1"]["style"] and shown["top5"]["color"] == shown["top1"]["color"]

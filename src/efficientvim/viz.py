@@ -22,6 +22,9 @@ from torch import nn
 from .predict import FULL_RESOLUTION, class_names, make_transform, top_k
 
 STATES_SHOWN = 8  # most concentrated states drawn per stage
+# fewer tokens than this (a 64 px input gives stage 3 one token, stage 2 four): every state reads the same few
+# tokens, so its panels would be near copies; the stage gets one line saying so instead
+MIN_TOKENS_TO_DRAW = 9
 OWNER_MIN_RATIO = 1.5  # a token has an owner if some state weights it at least 1.5x the uniform 1/(H W)
 FIGURE_INCHES = (16.0, 10.0)
 FIGURE_DPI = 100
@@ -101,6 +104,12 @@ def _short_label(label: str, width: int = 28) -> str:
     return first if len(first) <= width else first[: width - 1] + "…"
 
 
+def crowded_stages(report: StateReport) -> list[str]:
+    """The stages whose maps have too few tokens to draw (``MIN_TOKENS_TO_DRAW``), as "stage 3 (1x1)"."""
+    return [f"stage {s} ({m.shape[1]}x{m.shape[2]})" for s, m in enumerate(report.maps, start=1)
+            if m.shape[1] * m.shape[2] < MIN_TOKENS_TO_DRAW]
+
+
 def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: str = "") -> Path:
     """Render ``report`` as one PNG of ``FIGURE_SIZE_PX`` pixels."""
     # a bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone
@@ -157,6 +166,12 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
     palette = sum((matplotlib.colormaps[name].colors for name in ("tab20", "tab20b", "tab20c")), ())
     for s, maps in enumerate(report.maps, start=1):
         n, h, w = maps.shape
+        if h * w < MIN_TOKENS_TO_DRAW:
+            ax = fig.add_subplot(grid[s, :])
+            ax.axis("off")
+            ax.text(0.0, 0.5, f"stage {s}: {n} states over {h}x{w} tokens, too few for their maps to differ: a "
+                    "larger input (--img-size, --full-resolution) gives them room", fontsize=11, va="center")
+            continue
         eff = effective_tokens(maps)
         order = eff.argsort()  # most concentrated first
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import EfficientViMError
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     writable_file(out)
     from ..images import load_image
     from ..predict import min_image_side, set_input_size
-    from ..viz import FIGURE_SIZE_PX, draw, state_report
+    from ..viz import FIGURE_SIZE_PX, crowded_stages, draw, state_report
 
     if args.img_size is not None and args.full_resolution:
         raise EfficientViMError("--img-size and --full-resolution exclude each other: choose one")
@@ -43,4 +44,9 @@ def run(args: argparse.Namespace) -> int:
     draw(report, out, title=f"{model.model_name}: hidden states on {Path(args.image).name} ({width}x{height})",
          note=note)
     print(f"wrote {out} ({FIGURE_SIZE_PX[0]}x{FIGURE_SIZE_PX[1]} px)")
+    crowded = crowded_stages(report)
+    if crowded:
+        print(f"note: at {width}x{height} the maps of {', '.join(crowded)} have too few tokens to differ and are not "
+              "drawn: a larger --img-size (or --full-resolution on a large image) gives them room; the model then "
+              "sees a size other than its own", file=sys.stderr)
     return 0

@@ -355,6 +355,7 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
         save_best=lambda m, epoch: export(output / BEST, m, epoch), metadata=metadata,
         settings=settings, epochs=total_epochs, output=output, seed=cfg.seed, ema=ema, accum_steps=cfg.accum_steps,
         clip_grad=cfg.clip_grad, amp_dtype=amp_dtype, log=say,
+        hidden_metrics=("top5", "ema_top5") if len(classes) <= 5 else (),  # top-5 of 5 classes is always 100%
     )
     result = fit(loop, d)
     if result.stopped_by is None and result.last_metrics and d.is_main:

@@ -193,9 +193,10 @@ def check_resume(output: Path, settings: dict, allow_changes: bool, log: Callabl
 class MetricsLog:
     """One JSON line per epoch in metrics.jsonl, TensorBoard scalars and curves.png (rank 0 only)."""
 
-    def __init__(self, output: Path, enabled: bool, keep_epochs: int, metrics_title: str = "accuracy (%)") -> None:
+    def __init__(self, output: Path, enabled: bool, keep_epochs: int, metrics_title: str = "accuracy (%)",
+                 hidden: tuple[str, ...] = ()) -> None:
         self.path = output / METRICS
-        self.metrics_title = metrics_title
+        self.metrics_title, self.hidden = metrics_title, hidden
         self.output = output
         self.enabled = enabled
         self.records: list[dict] = []
@@ -227,29 +228,50 @@ class MetricsLog:
                 if key != "epoch" and isinstance(value, int | float):
                     self.writer.add_scalar(key, value, record["epoch"])
             self.writer.flush()
-        plot_curves(self.records, self.output / "curves.png", self.metrics_title)
+        plot_curves(self.records, self.output / "curves.png", self.metrics_title, self.hidden)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-def plot_curves(records: list[dict], path: Path, metrics_title: str = "accuracy (%)") -> None:
-    """Losses on the left, every other evaluation metric (accuracies, mAP, mIoU) on the right, against epochs."""
+# the sources of a metric (its name's prefix): one colour each, the same in both panels
+SOURCES = {"train": "tab:blue", "val": "tab:orange", "ema": "tab:green"}
+LINE_STYLES = ("-", "--", ":", "-.")  # within a panel, one per metric (top-1, top-5 ...)
+
+
+def plot_curves(records: list[dict], path: Path, metrics_title: str = "accuracy (%)", hidden: tuple[str, ...] = ()
+                ) -> dict:
+    """Losses on the left, every other evaluation metric (accuracies, mAP, mIoU) on the right, against whole
+    epochs; ``hidden`` metrics are left out (top-5 of 5 classes or fewer is always 100%). A metric's colour
+    says what it measures (training batches, the model on val, its EMA on val), so a colour means the same in
+    both panels; its line style which metric it is. Returns what was drawn: ``lines`` {metric: {panel, color,
+    style}} and the epoch ``ticks``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
-    skip = {"epoch", "lr", "time_s", "img_per_s"}
+    skip = {"epoch", "lr", "time_s", "img_per_s", *hidden}
     keys = [k for k in records[-1] if k not in skip and isinstance(records[-1][k], int | float)]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    styles: dict[str, dict[str, str]] = {"loss": {}, "metrics": {}}  # per panel: metric -> line style
+    drawn = {}
     for key in keys:
-        ax = ax_loss if key.endswith("loss") else ax_acc
-        ax.plot(epochs, [r.get(key, math.nan) for r in records], marker=".", label=key)
+        prefix = key.split("_", 1)[0]
+        source = prefix if prefix in ("train", "ema") else "val"
+        panel = "loss" if key.endswith("loss") else "metrics"
+        metric = key.removeprefix(source + "_").removeprefix("val_")
+        style = styles[panel].setdefault(metric, LINE_STYLES[len(styles[panel]) % len(LINE_STYLES)])
+        ax = ax_loss if panel == "loss" else ax_acc
+        ax.plot(epochs, [r.get(key, math.nan) for r in records], marker=".", label=key, color=SOURCES[source],
+                linestyle=style)
+        drawn[key] = {"panel": panel, "color": SOURCES[source], "style": style}
     for ax, title in ((ax_loss, "loss"), (ax_acc, metrics_title)):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -257,8 +279,10 @@ def plot_curves(records: list[dict], path: Path, metrics_title: str = "accuracy 
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
+    ticks = [float(t) for t in ax_loss.get_xticks() if epochs[0] <= t <= epochs[-1]]
     plt.close(fig)
     os.replace(tmp, path)
+    return {"lines": drawn, "ticks": ticks}
 
 
 class StopRequest:
@@ -364,6 +388,7 @@ class Loop:
     amp_dtype: torch.dtype | None = None
     metric_format: str = "{:.2f}%"  # how the epoch line prints evaluation metrics other than losses
     metrics_title: str = "accuracy (%)"  # the title of the metrics plot in curves.png
+    hidden_metrics: tuple[str, ...] = ()  # logged in metrics.jsonl but not drawn in curves.png
     log: Callable[[str], None] = print
 
 
@@ -395,7 +420,8 @@ def fit(loop: Loop, d: Distributed) -> FitResult:
     scaler = torch.amp.GradScaler("cuda") if loop.amp_dtype == torch.float16 and d.device.type == "cuda" else None
     state, resumed = resume(loop, net, scaler)
     loop.scheduler.step_update(state.updates)
-    metrics_log = MetricsLog(loop.output, d.is_main, keep_epochs=state.epoch, metrics_title=loop.metrics_title)
+    metrics_log = MetricsLog(loop.output, d.is_main, keep_epochs=state.epoch, metrics_title=loop.metrics_title,
+                             hidden=loop.hidden_metrics)
     metrics: dict[str, float] = {}
     with StopRequest() as stop, RunningStatsWarmup(net):
         for epoch in range(state.epoch, loop.epochs):
