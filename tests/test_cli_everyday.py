@@ -188,7 +188,8 @@ def test_a_truncated_image_is_a_one_line_error_with_exit_code_2(tiny_checkpoint,
     result = run_cli("predict", str(tmp_path / "truncated.jpg"), "--checkpoint", str(tiny_checkpoint))
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.startswith(f"efficientvim predict: error: {tmp_path / 'truncated.jpg'} could not be decoded")
+    assert result.stderr == (f"efficientvim predict: error: {tmp_path / 'truncated.jpg'} is a truncated JPEG "
+                             f"({len(data) // 2} bytes, no end marker): replace it with a complete copy\n")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
