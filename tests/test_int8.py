@@ -235,13 +235,6 @@ def test_pt2e_x86_int8_keeps_the_digits_accuracy(digits_model):
     assert 100 * (got == fp32).mean() >= 97.0
 
 
-def _cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_int8_files_predict_the_same_on_a_cpu_without_vnni(digits_model, runtime, tmp_path):
     """The int8 files run on an AVX2-only CPU (no AVX-512, no VNNI: its saturating u8 x s8 kernels) as on this one.
@@ -262,10 +255,8 @@ def test_int8_files_predict_the_same_on_a_cpu_without_vnni(digits_model, runtime
     assert main(["export", "--checkpoint", str(best), "--format", fmt, "--precision", "int8", "-o", str(path)]) == 0
     write_inputs(ev.load_model(best).eval(), tmp_path / "val.npz")
     native, avx2 = (run_child(path, tmp_path / "val.npz", runtime, kind, timeout=600) for kind in ("native", "avx2"))
-    # the emulated CPU really takes the saturating kernel; this one takes it only where it lacks VNNI
+    # the emulated CPU really takes the saturating kernel (this one may or may not: VNNI, or ONEDNN_MAX_CPU_ISA)
     assert avx2["kernel"].startswith("saturating")
-    has_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
-    assert native["kernel"] == "exact" if has_vnni else native["kernel"].startswith("saturating")
     assert avx2["images"] == native["images"] == 360
     assert avx2["agreement"] == native["agreement"] >= 97.0
     assert avx2["top1"] == native["top1"]
