@@ -18,8 +18,9 @@ import efficientvim
 from conftest import randomize_, relative_error
 from efficientvim import export
 from efficientvim.cli import main
+from efficientvim.deploy import FloatInterface
 from efficientvim.errors import ExportError
-from efficientvim.export import export_onnx, export_torchscript
+from efficientvim.export import export_onnx, export_torchscript, verify
 from efficientvim.onnx_predictor import OnnxPredictor
 
 TINY = dict(embed_dim=(32, 48, 64), depths=(1, 1, 1), state_dim=(8, 6, 4))
@@ -94,7 +95,7 @@ def test_torchscript_export_matches_pytorch_on_a_non_square_batch_and_keeps_the_
 
 
 def test_export_refuses_to_report_success_when_the_check_fails(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "EXPORT_TOLERANCE", 0.0)  # any rounding difference now counts as a mismatch
+    monkeypatch.setattr(verify, "EXPORT_TOLERANCE", 0.0)  # any rounding difference now counts as a mismatch
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_torchscript(_tiny(), tmp_path / "tiny.pt")
 
@@ -352,8 +353,8 @@ def test_the_command_line_offers_each_precision_for_the_formats_that_write_it():
 
 
 def test_a_low_precision_file_further_off_than_the_model_itself_is_refused(tmp_path, monkeypatch):
-    forward = export._FloatInterface.forward
-    monkeypatch.setattr(export._FloatInterface, "forward", lambda self, x: forward(self, x) * 1.05)
+    forward = FloatInterface.forward
+    monkeypatch.setattr(FloatInterface, "forward", lambda self, x: forward(self, x) * 1.05)
     with pytest.raises(ExportError, match=r"differs from PyTorch by .* \(tolerance .*: twice the model's own fp16"):
         export_onnx(_tiny(), tmp_path / "off.onnx", precision="fp16")
 

@@ -1,22 +1,23 @@
-"""int8 ONNX models by post-training static quantization in ONNX Runtime, calibrated on real images.
+"""int8 by post-training static quantization, calibrated on real images: the layer below the int8 exporters.
 
-``export_onnx_int8(model, path, calibration=FOLDER)`` writes the fused model as float32 ONNX (the one
-writer, :func:`efficientvim.export.write_onnx`), runs the images of ``calibration`` (any folder of
-images, searched recursively; default: the training split of the digits bundled with scikit-learn)
-through it with the model's own preprocessing to find each tensor's range, and writes a QDQ model:
-weights int8 per output channel, activations uint8 per tensor (the U8S8 form x86 CPUs with VNNI run
-fastest), convolutions, matrix products and the head quantized, LayerNorm and softmax kept in float32.
-The file keeps the float32 export's metadata (preprocessing, class names) plus ``precision: int8``, so
-:class:`efficientvim.onnx_predictor.OnnxPredictor` runs it unchanged.
+* ``calibration_images`` / ``held_out_images``: the images of a folder (searched recursively; default: the
+  training split of the digits bundled with scikit-learn), preprocessed as the model's own eval transform,
+  split into disjoint calibration and check sets.
+* ``quantize_onnx``: ONNX Runtime's static QDQ quantization of an ONNX file: weights int8 per output channel
+  (7 bits by default, ``WEIGHT_BITS``), activations uint8 per tensor, convolutions, matrix products and the
+  head quantized, LayerNorm and softmax kept in float32. :func:`efficientvim.export.onnx.export_onnx_int8`
+  writes the model's file with it.
+* ``quantize_xnnpack``: PyTorch 2 export quantization with XNNPACK's quantizer (ExecuTorch and LiteRT files);
+  ``quantize_pt2e``: with the X86 Inductor quantizer, compiled, for int8 inside PyTorch.
 
-Quantization moves logits by more than float rounding: instead of a tolerance the export reports the
-top-1 agreement with the float32 PyTorch model on images it was not calibrated on.
+Quantization moves logits by more than float rounding: instead of a tolerance the exporters report the
+top-1 agreement with the float32 PyTorch model on images it was not calibrated on (``top1_agreement``).
+Imports nothing of :mod:`efficientvim.export`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -150,48 +151,6 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, im
         )
 
 
-def export_onnx_int8(
-    model: nn.Module,
-    path: str | os.PathLike,
-    calibration: str | os.PathLike | None = None,
-    count: int = CALIBRATION_IMAGES,
-    opset: int | None = None,
-    check: bool = True,
-    weight_bits: int = 7,
-) -> dict:
-    """Write ``model`` as an int8 QDQ ONNX file calibrated on ``calibration``, weights in ``weight_bits``
-    (``WEIGHT_BITS``); return ``calibration_images``, ``weight_bits`` and, with ``check`` (a caller that checks
-    the file in another runtime passes False), ``checked_images``, ``held_out`` and ``top1_agreement`` (%) with
-    the float32 PyTorch model in ONNX Runtime."""
-    import_extra("onnx", "onnx", "ONNX export")
-    ort = import_extra("onnxruntime", "onnx", "Checking an ONNX export")
-    from .export import MIN_OPSET, _metadata, _prepare, set_onnx_metadata, write_onnx
-
-    reference, graph = _prepare(model)
-    if not getattr(reference, "num_classes", 0):
-        raise ExportError("int8 export checks top-1 agreement: it takes a classifier with classes")
-    images = calibration_images(reference, calibration, count)
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        write_onnx(graph, fp32, tuple(images[0].shape[-2:]), opset or MIN_OPSET)
-        quantize_onnx(fp32, path, images, weight_bits)
-    calibrated = f"{len(images)} images of {calibration or 'the digits training split'}"
-    set_onnx_metadata(path, {**_metadata(reference), "precision": json.dumps("int8"),
-                             "calibration": json.dumps(calibrated), "weight_bits": json.dumps(weight_bits)})
-    report = dict(calibration_images=len(images), weight_bits=weight_bits)
-    if check:
-        held_out, fresh = held_out_images(reference, calibration, count)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            return session.run(None, {"images": batch})[0]
-
-        report.update(checked_images=len(held_out), held_out=fresh,
-                      top1_agreement=top1_agreement(reference, run, held_out))
-    return report
-
-
 def top1_agreement(reference: nn.Module, run, images: Sequence[torch.Tensor]) -> float:
     """Percent of ``images`` on which ``run`` (numpy batch -> logits) and ``reference`` pick the same class."""
     agree = 0
@@ -220,9 +179,9 @@ def quantize_pt2e(model: nn.Module, calibration: str | os.PathLike | None = None
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
-    from .export import _prepare
+    from .deploy import export_graph
 
-    reference, graph = _prepare(model)
+    reference, graph = export_graph(model)
     images = calibration_images(reference, calibration, count)
     stride = reference.total_stride
     # sides from stride + 1: at exactly the stride the last map is 1 x 1, which export traces apart; a model
@@ -254,3 +213,32 @@ class _BatchOfTwoAtLeast(nn.Module):
         if x.shape[0] == 1:
             return self.compiled(x.expand(2, -1, -1, -1))[:1]
         return self.compiled(x)
+
+
+def quantize_xnnpack(graph: nn.Module, images: list[torch.Tensor], float_boundary: bool = False) -> nn.Module:
+    """PyTorch 2 export quantization of an exported graph with XNNPACK's quantizer (per-channel symmetric
+    int8), calibrated image by image. ``float_boundary`` (LiteRT): the graph's input and output and every
+    softmax output stay float32 and the weights stay as quantize/dequantize pairs, as litert-torch takes them
+    (it folds a quantized input or output into the file's signature, and its int8 softmax has a fixed
+    1/256 step)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if float_boundary:
+        softmax = (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default)
+
+        def quantized(node) -> bool:
+            args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+            return not (any(a.op == "placeholder" for a in args)  # the images (weights are attributes)
+                        or any(u.op == "output" for u in node.users)
+                        or any(a.target in softmax for a in args))
+
+        quantizer.set_filter_function(quantized)
+    prepared = prepare_pt2e(graph, quantizer)
+    for image in images:
+        prepared(image[None])
+    return convert_pt2e(prepared, fold_quantize=not float_boundary)

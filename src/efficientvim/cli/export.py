@@ -63,78 +63,24 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration is not None and args.precision != "int8":
         raise EfficientViMError("--calibration applies to --precision int8 only")
     model = model_from_args(args)
-    from ..export import export_onnx, export_torchscript
+    from ..export import FORMATS
 
-    if args.format == "coreml":
-        from ..export import export_coreml
-
-        report = export_coreml(model, output, args.img_size, args.precision)
-        what = f"wrote {output} (Core ML ML Program, {args.precision}, input fixed at batch 1)"
-        if not report["verified"]:
-            print(f"{what}; converted but not checked: Core ML predicts on macOS only")
-        elif "error" in report:
-            print(f"{what}; max relative error vs PyTorch in Core ML {report['error']:.1e}")
-        else:
-            print(f"{what}; top-1 agrees with PyTorch on {report['top1_agreement']:.0f}% of the check images")
-        return 0
-    if args.format in ("executorch", "litert"):
-        from ..export import export_executorch, export_litert
-
-        export, what, runtime = {
-            "executorch": (export_executorch, "ExecuTorch, XNNPACK delegate", "ExecuTorch's runtime"),
-            "litert": (export_litert, "LiteRT flatbuffer", "LiteRT's interpreter"),
-        }[args.format]
-        report = export(model, output, args.img_size, args.precision, args.calibration)
-        what = f"wrote {output} ({what}, {args.precision}, input fixed at batch 1) and its metadata " \
-               f"{output.with_suffix('.json')}"
-        if args.precision == "int8":
-            print(f"{what}; calibrated on {report['calibration_images']} images; top-1 agrees with fp32 PyTorch "
-                  f"on {_checked(report)} ({runtime})")
-        else:
-            print(f"{what}; max relative error vs PyTorch in {runtime} {report['error']:.1e}")
-        outside = report.get("outside_xnnpack")
-        if outside:
-            ops = ", ".join(f"{n} {op}" for op, n in sorted(outside.items(), key=lambda kv: -kv[1]))
-            print(f"note: {sum(outside.values())} operators run outside XNNPACK on ExecuTorch's portable kernels "
-                  f"({ops}): expect it to be slow (docs/benchmarks.md, ExecuTorch)", file=sys.stderr)
-        return 0
-    if args.format == "openvino":
-        from ..export import export_openvino
-
-        report = export_openvino(model, output, args.precision, args.calibration, args.img_size, args.opset)
-        if args.precision == "int8":
-            print(f"wrote {output} and its .bin (OpenVINO IR from int8 QDQ ONNX, {_weights(report)}, dynamic "
-                  f"batch/height/width); top-1 agrees with fp32 PyTorch on {_checked(report)} (OpenVINO's CPU runtime)")
-        else:
-            print(f"wrote {output} and its .bin (OpenVINO IR, {args.precision}, dynamic batch/height/width); max "
-                  f"relative error vs PyTorch in OpenVINO's CPU runtime {report['error']:.1e}")
-        return 0
-    if args.precision == "int8":
-        from ..quantize import export_onnx_int8
-
-        report = export_onnx_int8(model, output, calibration=args.calibration, opset=args.opset)
-        print(f"wrote {output} (ONNX opset {args.opset}, int8 QDQ, {_weights(report)}, dynamic batch/height/width), "
-              f"calibrated on {report['calibration_images']} images; top-1 agrees with fp32 PyTorch on "
-              f"{_checked(report)}")
-        return 0
-    if args.format == "onnx":
-        error = export_onnx(model, output, opset=args.opset, img_size=args.img_size, precision=args.precision)
-        what = f"ONNX opset {args.opset}"
-    else:
-        error = export_torchscript(model, output, img_size=args.img_size, precision=args.precision)
-        what = "TorchScript"
-    if args.precision != "fp32":
-        what += f", computes in {args.precision} with float32 images in and outputs out"
-    print(f"wrote {output} ({what}, dynamic batch/height/width); max relative error vs PyTorch {error:.1e}")
+    report = FORMATS[args.format].write(model, output, args.precision, args.calibration, args.img_size, args.opset)
+    print(f"wrote {output} ({report['what']}); {_checked(report)}")
+    for note in report.get("notes", ()):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 def _checked(report: dict) -> str:
-    which = "held-out images" if report["held_out"] else "calibration images (the folder holds no others)"
-    return f"{report['top1_agreement']:.1f}% of {report['checked_images']} {which}"
-
-
-def _weights(report: dict) -> str:
-    """Which int8 weights were written and where they run exactly (efficientvim.quantize.WEIGHT_BITS)."""
-    where = "exact on every x86 CPU" if report["weight_bits"] == 7 else "exact only on CPUs with VNNI"
-    return f"{report['weight_bits']}-bit weights, {where}"
+    """What the check of the written file found, in words."""
+    if report.get("verified") is False:
+        return f"converted but not checked: {report['runtime']} predicts on macOS only"
+    if "error" in report:
+        return f"max relative error vs PyTorch in {report['runtime']} {report['error']:.1e}"
+    if "checked_images" not in report:  # Core ML fp16, on macOS: the check's random images
+        return f"top-1 agrees with PyTorch on {report['top1_agreement']:.0f}% of the check images ({report['runtime']})"
+    images = f"{report['top1_agreement']:.1f}% of {report['checked_images']} " + (
+        "held-out images" if report["held_out"] else "calibration images (the folder is too small to hold any out)")
+    calibrated = f"calibrated on {report['calibration_images']} images; " if "calibration_images" in report else ""
+    return f"{calibrated}top-1 agrees with fp32 PyTorch on {images} ({report['runtime']})"

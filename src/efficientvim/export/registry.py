@@ -1,0 +1,148 @@
+"""The formats, by name: how each is written and read back, and what it takes. The command line, the
+benchmark and the runtimes read this table; adding a format is one module of ``efficientvim.export`` and one
+line here.
+
+``Format.write(model, path, precision, calibration, img_size, opset)`` writes the file, checks it in its runtime
+and returns the report the command line prints: ``what`` (the file in words), ``runtime`` (where it was
+checked), and either ``error`` (largest relative error against PyTorch), or ``top1_agreement`` with
+``checked_images`` and ``held_out`` (and ``calibration_images`` for int8), or ``verified: False``; ``notes``
+for stderr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .common import MIN_OPSET
+
+
+@dataclass(frozen=True)
+class Format:
+    suffix: str  # the file name's suffix (the others say which to use)
+    extra: str  # the pip extra that brings its writer and runtime
+    precisions: tuple[str, ...]
+    write: Callable[..., dict]
+    # path -> run(float32 NCHW numpy images) -> first output as numpy, in the format's runtime; None: not on
+    # this kind of machine
+    load: Callable[[str | os.PathLike], Callable] | None
+
+
+def _onnx(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
+          opset: int = MIN_OPSET) -> dict:
+    from .onnx import export_onnx, export_onnx_int8, weights_phrase
+
+    shape = "dynamic batch/height/width"
+    if precision == "int8":
+        report = export_onnx_int8(model, path, calibration=calibration, opset=opset)
+        return {**report, "what": f"ONNX opset {opset}, int8 QDQ, {weights_phrase(report)}, {shape}",
+                "runtime": "ONNX Runtime"}
+    error = export_onnx(model, path, opset=opset, img_size=img_size, precision=precision)
+    return {"error": error, "what": f"ONNX opset {opset}{_computes(precision)}, {shape}", "runtime": "ONNX Runtime"}
+
+
+def _torchscript(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
+                 opset: int = MIN_OPSET) -> dict:
+    from .torchscript import export_torchscript
+
+    error = export_torchscript(model, path, img_size=img_size, precision=precision)
+    return {"error": error, "what": f"TorchScript{_computes(precision)}, dynamic batch/height/width",
+            "runtime": "PyTorch"}
+
+
+def _openvino(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
+              opset: int = MIN_OPSET) -> dict:
+    from .onnx import weights_phrase
+    from .openvino import export_openvino
+
+    report = export_openvino(model, path, precision, calibration, img_size, opset)
+    kind = f"from int8 QDQ ONNX, {weights_phrase(report)}" if precision == "int8" else precision
+    return {**report, "what": f"OpenVINO IR {kind}, dynamic batch/height/width; weights in {Path(path).stem}.bin",
+            "runtime": "OpenVINO's CPU runtime"}
+
+
+def _fixed(module: str, name: str, runtime: str):
+    def write(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
+              opset: int = MIN_OPSET) -> dict:
+        import importlib
+
+        exporter = getattr(importlib.import_module(f".{module}", __package__), f"export_{module}")
+        report = exporter(model, path, img_size, precision, calibration)
+        outside = report.pop("outside_xnnpack", None)
+        notes = [f"{sum(outside.values())} operators run outside XNNPACK on ExecuTorch's portable kernels "
+                 f"({', '.join(f'{n} {op}' for op, n in sorted(outside.items(), key=lambda kv: -kv[1]))}): expect it "
+                 "to be slow (docs/benchmarks.md, ExecuTorch)"] if outside else []
+        return {**report, "what": f"{name}, {precision}, input fixed at batch 1; metadata in "
+                f"{Path(path).with_suffix('.json').name}", "runtime": runtime, "notes": notes}
+
+    return write
+
+
+def _coreml(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
+            opset: int = MIN_OPSET) -> dict:
+    from .coreml import export_coreml
+
+    report = export_coreml(model, path, img_size, precision)
+    return {**report, "what": f"Core ML ML Program, {precision}, input fixed at batch 1", "runtime": "Core ML"}
+
+
+def _computes(precision: str) -> str:
+    return f", computes in {precision} with float32 images in and outputs out" if precision != "fp32" else ""
+
+
+def _load_onnx(path):
+    from ..runtimes import onnxruntime_session
+
+    session = onnxruntime_session(path, threads=os.cpu_count() or 1)
+    return lambda x: session.run(None, {"images": x})[0]
+
+
+def _load_torchscript(path):
+    import torch
+
+    module = torch.jit.load(str(path))
+
+    def run(x):
+        with torch.no_grad():
+            y = module(torch.from_numpy(x))
+        return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+
+    return run
+
+
+def _load_openvino(path):
+    from ..runtimes import openvino_request
+
+    request = openvino_request(path, threads=os.cpu_count() or 1)
+    return lambda x: request.infer({0: x})[0]
+
+
+def _load_executorch(path):
+    import torch
+
+    from .executorch import load_executorch
+
+    method = load_executorch(path)
+    return lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
+
+
+def _load_litert(path):
+    from .litert import load_litert
+
+    return load_litert(path)
+
+
+FORMATS: dict[str, Format] = {
+    "onnx": Format(".onnx", "onnx", ("fp32", "fp16", "int8"), _onnx, _load_onnx),
+    "torchscript": Format(".pt", "", ("fp32", "fp16", "bf16"), _torchscript, _load_torchscript),
+    "openvino": Format(".xml", "openvino", ("fp32", "fp16", "int8"), _openvino, _load_openvino),
+    "executorch": Format(".pte", "executorch", ("fp32", "int8"), _fixed(
+        "executorch", "ExecuTorch, XNNPACK delegate", "ExecuTorch's runtime"), _load_executorch),
+    "litert": Format(".tflite", "litert", ("fp32", "int8"), _fixed(
+        "litert", "LiteRT flatbuffer", "LiteRT's interpreter"), _load_litert),
+    "coreml": Format(".mlpackage", "coreml", ("fp32", "fp16"), _coreml, None),  # Core ML predicts on macOS only
+}
