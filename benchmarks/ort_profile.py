@@ -35,10 +35,11 @@ def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, int8
     path = onnx_path(name, workdir)
     write_onnx(model, path)
     if int8:
-        from efficientvim.bench import INT8_CALIBRATION_IMAGES, _Runner
+        from efficientvim.bench import INT8_CALIBRATION_IMAGES
+        from efficientvim.bench.runners import Runner
         from efficientvim.quantize import calibration_images, quantize_onnx
 
-        reference = _Runner.reference(SimpleNamespace(name=name))
+        reference = Runner.reference(SimpleNamespace(name=name))
         images = calibration_images(reference, None, INT8_CALIBRATION_IMAGES)
         quantize_onnx(path, path.with_suffix(".int8.onnx"), images)
         path = path.with_suffix(".int8.onnx")

@@ -15,7 +15,8 @@ import torch
 
 import efficientvim as ev
 from conftest import randomize_, relative_error
-from efficientvim.bench import CUDA_RUNTIMES, BenchmarkError, _Runner, run_benchmark
+from efficientvim.bench import CUDA_RUNTIMES, BenchmarkError, run_benchmark
+from efficientvim.bench.runners import Runner
 
 TINY = dict(embed_dim=(32, 48, 64), depths=(1, 2, 1), state_dim=(8, 6, 4))
 X = torch.randn(4, 3, 96, 160, generator=torch.Generator().manual_seed(0))  # non-square
@@ -90,7 +91,7 @@ def test_the_cuda_graph_runner_replays_what_eager_computes(tmp_path, name, preci
     runners = {}
     for runtime in ("eager", "cudagraph"):
         torch.manual_seed(0)  # the same random weights in both
-        runners[runtime] = _Runner(name, runtime, "cuda", 1, tmp_path, "classification", None, precision)
+        runners[runtime] = Runner(name, runtime, "cuda", 1, tmp_path, "classification", None, precision)
     eager, graph = runners["eager"], runners["cudagraph"]
     x = eager.input(8, 224)
     if eager.memory_format == torch.channels_last:
