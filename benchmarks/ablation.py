@@ -7,7 +7,7 @@ it, with twice the hidden states, with 2 and 4 selection heads, with recursive h
 and 2, with hidden-state passing; then torchvision's ResNet-18 and timm's MobileNetV3-Small without and with
 HSM-SSD blocks inserted (``efficientvim.insert_hsmssd``) after their stride-16 and stride-32 stages.
 
-Every row is trained by the package's training engine (``efficientvim.train.engine.fit``) with the same
+Every row is trained by the package's training engine (``efficientvim.train.loop.fit``) with the same
 protocol: the `small` recipe's AdamW, cosine schedule and augmentation at the digits' 64 x 64 input, the
 same epochs and batch size, no EMA; top-1 is the last epoch's on the 360 val digits. Also reported: params,
 multiply-adds at 64 x 64 and eval throughput (batch 64, 2 threads; EfficientViM rows fused).
@@ -29,8 +29,10 @@ from torch import nn
 import efficientvim as ev
 from efficientvim.data import build_datasets
 from efficientvim.flops import count_flops
-from efficientvim.train.classification import build_optimizer, eval_loader, eval_transform, evaluate, train_transform
-from efficientvim.train.engine import Loop, ResumableSampler, fit, init_distributed, seed_all
+from efficientvim.train.classification import build_optimizer, train_transform
+from efficientvim.train.distributed import ResumableSampler, init_distributed
+from efficientvim.train.evaluation import eval_loader, eval_transform, evaluate
+from efficientvim.train.loop import Loop, fit, seed_all
 from efficientvim.train.recipes import TrainConfig
 
 DIGITS = dict(embed_dim=(64, 96, 160))  # the digits model's widths (efficientvim.train.recipes.DIGITS_DEFAULTS)

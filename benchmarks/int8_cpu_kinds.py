@@ -121,7 +121,7 @@ def write_inputs(model, path: Path, data: str | None = None) -> None:
     import torch
 
     from efficientvim.data import build_datasets
-    from efficientvim.train.classification import eval_transform
+    from efficientvim.train.evaluation import eval_transform
 
     cfg = model.pretrained_cfg
     _, val, _ = build_datasets(data, "", val_transform=eval_transform(cfg["input_size"][-1], cfg), need_train=False,

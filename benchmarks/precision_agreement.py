@@ -26,7 +26,7 @@ import torch
 
 import efficientvim as ev
 from efficientvim.data import build_datasets
-from efficientvim.train.classification import eval_transform
+from efficientvim.train.evaluation import eval_transform
 
 
 def main() -> None:

@@ -229,7 +229,7 @@ def test_a_missing_onnx_extra_is_one_line_naming_it(module, tmp_path, monkeypatc
 
 
 def test_training_without_tensorboard_says_so_and_keeps_its_other_logs(tmp_path, monkeypatch, capsys):
-    from efficientvim.train.engine import MetricsLog
+    from efficientvim.train.metrics import MetricsLog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     log = MetricsLog(tmp_path, enabled=True, keep_epochs=0)

@@ -71,7 +71,7 @@ def test_timm_scripts_run_with_our_models_registered(tmp_path):
     run = [sys.executable, "-m", "efficientvim.timm_registry"]
     done = subprocess.run([*run, str(script), "efficientvim_m1_ev"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["efficientvim.model", "3", "__main__"]
+    assert done.stdout.split() == ["efficientvim.model.classifier", "3", "__main__"]
     missing = subprocess.run([*run, str(tmp_path / "nope.py")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [

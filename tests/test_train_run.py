@@ -235,8 +235,8 @@ def test_resuming_into_a_run_of_another_model_is_refused(tmp_path, trained, caps
 def test_evaluate_counts_top1_top5_and_mean_loss_over_batches():
     from torch.nn import functional as F
 
-    from efficientvim.train.classification import evaluate
-    from efficientvim.train.engine import Distributed
+    from efficientvim.train.distributed import Distributed
+    from efficientvim.train.evaluation import evaluate
 
     # 6 classes; class 0 ranks first, class 5 last: target 0 is a top-1 hit, 3 a top-5 hit, 5 a miss
     logits = torch.tensor([[6.0, 5, 4, 3, 2, 1]]).repeat(3, 1)
@@ -250,7 +250,7 @@ def test_evaluate_counts_top1_top5_and_mean_loss_over_batches():
 
 
 def test_training_curves_colour_by_source_tick_whole_epochs_and_leave_out_what_says_nothing(tmp_path):
-    from efficientvim.train.engine import plot_curves
+    from efficientvim.train.metrics import plot_curves
 
     records = [{"epoch": e, "train_loss": 2.0 / e, "train_top1": 30.0 * e, "top1": 31.0 * e, "top5": 100.0,
                 "val_loss": 1.9 / e, "ema_top1": 29.0 * e, "ema_top5": 100.0, "ema_val_loss": 2.1 / e, "lr": 1e-3,

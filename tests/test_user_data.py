@@ -17,7 +17,7 @@ from safetensors import safe_open
 from efficientvim.cli import main
 from efficientvim.data import ImageFiles, build_datasets
 from efficientvim.errors import DataError
-from efficientvim.train.engine import RunningStatsWarmup
+from efficientvim.train.loop import RunningStatsWarmup
 from train_helpers import make_folder, make_photo_folder
 
 
@@ -64,7 +64,7 @@ def test_the_trained_model_in_bfloat16_predicts_what_it_does_in_float32(photo_ru
 
     import efficientvim as ev
     from efficientvim.data import build_datasets
-    from efficientvim.train.classification import eval_transform
+    from efficientvim.train.evaluation import eval_transform
 
     model = ev.load_model(photo_run["out"] / "best.safetensors").eval()
     cfg = model.pretrained_cfg
@@ -208,7 +208,7 @@ def test_an_unreadable_image_is_skipped_with_its_name(tmp_path, capsys):
 
 
 def test_depthwise_weights_take_their_gradients_strides_before_ddp():
-    from efficientvim.train.engine import match_grad_strides
+    from efficientvim.train.distributed import match_grad_strides
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)

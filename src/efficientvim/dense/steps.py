@@ -3,7 +3,7 @@
 Both kinds of model follow torchvision's detection protocol: in training mode
 ``model(images, targets)`` returns a dict of losses; in eval mode ``model(images)`` returns
 predictions. ``train_step`` and ``evaluate`` are what a training loop calls
-(``efficientvim.train.dense`` runs them through the shared ``engine.fit``).
+(``efficientvim.train.dense`` runs them through the shared ``loop.fit``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .metrics import (
 from .segmentation import IGNORE_INDEX, SemanticFPN
 
 if TYPE_CHECKING:  # the type only: dense does not import the training package
-    from ..train.engine import Distributed
+    from ..train.distributed import Distributed
 
 
 def is_segmenter(model: nn.Module) -> bool:

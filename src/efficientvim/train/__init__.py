@@ -1,4 +1,5 @@
-"""Training and evaluation: recipes (``recipes``), the task-agnostic loop (``engine.fit``) and
+"""Training and evaluation: recipes (``recipes``), the task-agnostic loop (``loop.fit``, with
+``distributed``, ``checkpoints`` and ``metrics``) and
 image classification on top of it (``classification``).
 
 Names are imported on first use, so ``efficientvim.train.recipes`` (what the command line needs to
@@ -12,15 +13,15 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _SOURCES = {
-    "evaluate": "classification",
-    "evaluate_checkpoint": "classification",
+    "evaluate": "evaluation",
+    "evaluate_checkpoint": "evaluation",
     "train": "classification",
-    "Distributed": "engine",
-    "FitResult": "engine",
-    "FitState": "engine",
-    "Loop": "engine",
-    "fit": "engine",
-    "init_distributed": "engine",
+    "Distributed": "distributed",
+    "FitResult": "loop",
+    "FitState": "checkpoints",
+    "Loop": "loop",
+    "fit": "loop",
+    "init_distributed": "distributed",
     "RECIPES": "recipes",
     "TrainConfig": "recipes",
     "build_config": "recipes",
@@ -41,8 +42,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .classification import evaluate, evaluate_checkpoint, train
-    from .engine import Distributed, FitResult, FitState, Loop, fit, init_distributed
+    from .checkpoints import FitState
+    from .classification import train
+    from .distributed import Distributed, init_distributed
+    from .evaluation import evaluate, evaluate_checkpoint
+    from .loop import FitResult, Loop, fit
     from .recipes import RECIPES, TrainConfig, build_config
 
 

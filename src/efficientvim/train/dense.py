@@ -1,9 +1,9 @@
-"""Detection and semantic segmentation training on top of ``engine.fit``: the same loop, checkpoints,
+"""Detection and semantic segmentation training on top of ``loop.fit``: the same loop, checkpoints,
 resume and progress output as classification.
 
 What is task-specific lives in ``efficientvim.dense``: the models and the embedded recipes
 (``default_recipe``, ``build_model``), the datasets, ``train_step`` and ``evaluate``. Here they are
-wired into a :class:`~efficientvim.train.engine.Loop`; the schedule is timm's cosine with a linear
+wired into a :class:`~efficientvim.train.loop.Loop`; the schedule is timm's cosine with a linear
 warm-up, stepped per update.
 
 Data layouts read with ``data``:
@@ -28,18 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CheckpointError, DataError, EfficientViMError
 from ..weights import Checkpoint, save_state
-from .engine import (
-    RUN_ONLY_SETTINGS,
-    FitResult,
-    Loop,
-    ResumableSampler,
-    check_resume,
-    fit,
-    init_distributed,
-    seed_all,
-    summary_line,
-    unwrap,
-)
+from .checkpoints import RUN_ONLY_SETTINGS, check_resume
+from .distributed import ResumableSampler, init_distributed
+from .loop import FitResult, Loop, fit, seed_all, unwrap
+from .metrics import summary_line
 from .recipes import ConfigError, plain_data
 
 BEST = "best.safetensors"  # the best epoch's weights, in the package's one weights format (as classification's)
