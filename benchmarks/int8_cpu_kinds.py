@@ -140,8 +140,8 @@ def speed(source: str, bits: list[int], rounds: int = 15) -> None:
     import numpy as np
 
     import efficientvim as ev
+    from efficientvim.export.onnx import onnxruntime_session
     from efficientvim.quantize import export_onnx_int8
-    from efficientvim.runtimes import onnxruntime_session
 
     model = (ev.load_model(source) if Path(source).is_file() else ev.create_model(source)).eval()
     with tempfile.TemporaryDirectory() as tmp:

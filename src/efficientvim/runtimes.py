@@ -9,7 +9,6 @@ benchmark's own, so a command runs what ``efficientvim bench --runtimes`` timed.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,33 +18,13 @@ import torch
 from torch import nn
 
 from .deploy import PRECISION_DTYPES, fuse
-from .errors import EfficientViMError, import_extra
+from .errors import EfficientViMError
+from .export.onnx import onnxruntime_session
+from .export.openvino import openvino_request
 
 INFERENCE_RUNTIMES = ("eager", "onnxruntime", "openvino")
 # what each runtime runs a float model in (int8 needs calibration: `efficientvim export --precision int8`)
 INFERENCE_PRECISIONS = {"eager": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
-
-
-def onnxruntime_session(path: str | os.PathLike, threads: int):
-    """An ONNX Runtime CPU session of ``path`` on ``threads`` threads, all graph optimisations, idle threads
-    sleeping instead of spinning (they would take the cores from image decoding or other processes)."""
-    ort = import_extra("onnxruntime", "onnx", "The onnxruntime runtime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def openvino_request(path: str | os.PathLike, threads: int, precision: str = "fp32"):
-    """An OpenVINO CPU infer request of the ONNX or IR file ``path``; ``precision`` is the inference hint
-    (OpenVINO would otherwise choose bf16 by itself on CPUs that have it)."""
-    ov = import_extra("openvino", "openvino", "The openvino runtime")
-    hint = "bf16" if precision == "bf16" else "f32"
-    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
-    return compiled.create_infer_request()
 
 
 class FileRuntimeModel(nn.Module):

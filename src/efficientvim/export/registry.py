@@ -95,7 +95,7 @@ def _computes(precision: str) -> str:
 
 
 def _load_onnx(path):
-    from ..runtimes import onnxruntime_session
+    from .onnx import onnxruntime_session
 
     session = onnxruntime_session(path, threads=os.cpu_count() or 1)
     return lambda x: session.run(None, {"images": x})[0]
@@ -115,7 +115,7 @@ def _load_torchscript(path):
 
 
 def _load_openvino(path):
-    from ..runtimes import openvino_request
+    from .openvino import openvino_request
 
     request = openvino_request(path, threads=os.cpu_count() or 1)
     return lambda x: request.infer({0: x})[0]

@@ -46,7 +46,7 @@ class EfficientViM(Trunk):
         mixer_depth: int | Sequence[int] = 0,
         state_passing: bool | Sequence[bool] = False,
     ) -> None:
-        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate, num_heads,
+        super().__init__(embed_dim, depths, state_dim, in_chans, mlp_ratio, ssd_expand, drop_path_rate, num_heads,
                          mixer_depth, state_passing)
         _check_global_pool(global_pool)
         self.num_classes = num_classes
@@ -132,23 +132,19 @@ class EfficientViM(Trunk):
             return z, z_dist
         return (z + z_dist) / 2
 
-    # z = sum_i softmax(w)_i head_i(pooled_i), once per head set (TorchScript iterates a ModuleList
-    # only as a module attribute, not as an argument)
+    # z = sum_i softmax(w)_i head_i(pooled_i), once per head set (TorchScript iterates a ModuleList only as a
+    # module attribute, not as an argument: each set's products are listed here, summed by msf_sum)
     def _logits(self, pooled: list[torch.Tensor]) -> torch.Tensor:
-        w = self.weights.softmax(-1)
-        z = w[0] * self.heads[0](pooled[0])
+        z = []
         for i, head in enumerate(self.heads):
-            if i > 0:
-                z = z + w[i] * head(pooled[i])
-        return z
+            z.append(head(pooled[i]))
+        return msf_sum(z, self.weights)
 
     def _logits_dist(self, pooled: list[torch.Tensor]) -> torch.Tensor:
-        w = self.weights_dist.softmax(-1)
-        z = w[0] * self.heads_dist[0](pooled[0])
+        z = []
         for i, head in enumerate(self.heads_dist):
-            if i > 0:
-                z = z + w[i] * head(pooled[i])
-        return z
+            z.append(head(pooled[i]))
+        return msf_sum(z, self.weights_dist)
 
     def forward(self, x: torch.Tensor) -> Logits:
         return self.forward_head(self.forward_features(x))
@@ -233,3 +229,12 @@ def _check_global_pool(global_pool: str | None) -> None:
             f"EfficientViM's MSF head pools by averaging: global_pool must be 'avg' (or '' for none), "
             f"not {global_pool!r}"
         )
+
+
+def msf_sum(logits: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """The MSF fusion: sum_i softmax(w)_i z_i."""
+    weights = w.softmax(-1)
+    z = weights[0] * logits[0]
+    for i in range(1, len(logits)):
+        z = z + weights[i] * logits[i]
+    return z

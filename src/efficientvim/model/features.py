@@ -25,23 +25,11 @@ class EfficientViMFeatures(Trunk):
     index asked for are not built.
     """
 
-    def __init__(
-        self,
-        in_chans: int = 3,
-        embed_dim: Sequence[int] = (128, 256, 512),
-        depths: Sequence[int] = (2, 2, 2),
-        state_dim: Sequence[int] = (49, 25, 9),
-        mlp_ratio: float = 4.0,
-        ssd_expand: float = 1.0,
-        drop_path_rate: float = 0.0,
-        out_indices: Sequence[int] = (0, 1, 2),
-        stem_strides: Sequence[int] = (),
-        num_heads: int | Sequence[int] = 1,
-        mixer_depth: int | Sequence[int] = 0,
-        state_passing: bool | Sequence[bool] = False,
-    ) -> None:
-        super().__init__(in_chans, embed_dim, depths, state_dim, mlp_ratio, ssd_expand, drop_path_rate, num_heads,
-                         mixer_depth, state_passing)
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2), stem_strides: Sequence[int] = (), **trunk_args) -> None:
+        """``trunk_args``: the trunk's, as :class:`EfficientViM` takes them: ``embed_dim``, ``depths`` and ``state_dim``
+        (``efficientvim.create_model(name, features_only=True)`` passes a variant's), and optionally ``in_chans``,
+        ``mlp_ratio``, ``ssd_expand``, ``drop_path_rate`` and the HSM-SSD variants."""
+        super().__init__(**trunk_args)
         n = self.num_stages
         if any(not -n <= i < n for i in out_indices):
             raise ValueError(f"out_indices number the {n} stages: each must lie in [-{n}, {n}), "
@@ -53,8 +41,8 @@ class EfficientViMFeatures(Trunk):
         if not self.out_indices and not self.stem_strides:
             raise ValueError("nothing to return: give out_indices (stages) and/or stem_strides")
         levels = [
-            dict(num_chs=embed_dim[0] // 4, reduction=4, module="patch_embed.conv.1"),
-            dict(num_chs=embed_dim[0] // 2, reduction=8, module="patch_embed.conv.2"),
+            dict(num_chs=self.embed_dim[0] // 4, reduction=4, module="patch_embed.conv.1"),
+            dict(num_chs=self.embed_dim[0] // 2, reduction=8, module="patch_embed.conv.2"),
             *self.stage_info(),
         ]
         # positions in the list of all five maps (stride 4, stride 8, stages 0-2) that forward returns

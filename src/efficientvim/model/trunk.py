@@ -40,13 +40,13 @@ class Trunk(nn.Module):
 
     def __init__(
         self,
-        in_chans: int,
         embed_dim: Sequence[int],
         depths: Sequence[int],
         state_dim: Sequence[int],
-        mlp_ratio: float,
-        ssd_expand: float,
-        drop_path_rate: float,
+        in_chans: int = 3,
+        mlp_ratio: float = 4.0,
+        ssd_expand: float = 1.0,
+        drop_path_rate: float = 0.0,
         num_heads: int | Sequence[int] = 1,
         mixer_depth: int | Sequence[int] = 0,
         state_passing: bool | Sequence[bool] = False,
