@@ -141,7 +141,7 @@ def speed(source: str, bits: list[int], rounds: int = 15) -> None:
 
     import efficientvim as ev
     from efficientvim.export.onnx import onnxruntime_session
-    from efficientvim.quantize import export_onnx_int8
+    from efficientvim.export import export_onnx_int8
 
     model = (ev.load_model(source) if Path(source).is_file() else ev.create_model(source)).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,7 +181,7 @@ def main() -> None:
         return child(*args.child)
     import efficientvim as ev
     from efficientvim.export import export_openvino
-    from efficientvim.quantize import export_onnx_int8
+    from efficientvim.export import export_onnx_int8
 
     if args.speed:
         return speed(args.checkpoint, [int(b) for b in args.bits.split(",")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -378,3 +379,28 @@ def test_openvino_fp16_stores_half_the_weights_and_says_so(tmp_path):
     assert 0.45 < size["fp16"] / size["fp32"] < 0.6
     read = ov.Core().read_model(str(tmp_path / "fp16.xml"))
     assert json.loads(read.get_rt_info(["efficientvim", "precision"]).astype(str)) == "fp16"
+
+
+def test_the_format_registry_writes_and_reads_back_what_the_command_line_offers(tmp_path):
+    """FORMATS: one entry per format the CLI lists, with the precisions the CLI accepts for it; each format's
+    writer returns the report the CLI prints and its loader runs the file as PyTorch runs the model."""
+    from efficientvim.cli import export as command
+    from efficientvim.export import FORMATS
+
+    assert tuple(FORMATS) == command.FORMATS
+    for precision, formats in export.LOW_PRECISION_FORMATS.items():
+        assert {f for f, fmt in FORMATS.items() if precision in fmt.precisions} == set(formats)
+    assert {f for f, fmt in FORMATS.items() if "int8" in fmt.precisions} == {"onnx", "openvino", "executorch", "litert"}
+    model = randomize_(efficientvim.create_model("efficientvim_m1", embed_dim=(32, 48, 64), depths=(1, 1, 1),
+                                                 state_dim=(8, 6, 4), num_classes=4)).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    for name in ("onnx", "torchscript", "openvino"):
+        fmt = FORMATS[name]
+        if fmt.extra and importlib.util.find_spec({"onnx": "onnxruntime"}.get(fmt.extra, fmt.extra)) is None:
+            continue
+        path = tmp_path / f"m{fmt.suffix}"
+        report = fmt.write(model, path, img_size=64)
+        assert report["error"] < 1e-4 and report["what"] and report["runtime"]
+        np.testing.assert_allclose(fmt.load(path)(x.numpy()), expected, rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ def export_openvino(
     """Write ``model`` as OpenVINO IR (``path`` .xml and its .bin) with dynamic batch, height and width.
 
     Converted from this package's ONNX export (verified first; int8: the QDQ model of
-    :func:`efficientvim.quantize.export_onnx_int8`, which OpenVINO runs as int8), weights kept as exported
+    :func:`efficientvim.export.onnx.export_onnx_int8`, which OpenVINO runs as int8), weights kept as exported
     (OpenVINO would otherwise store them as fp16: 1e-3 off; ``precision="fp16"`` asks for that, OpenVINO's
     "FP16 IR", half the file, the runtime choosing the compute precision), with the same metadata in the IR's
     ``rt_info`` under ``efficientvim``. Checked in OpenVINO's CPU runtime: fp32 (f32 inference hint) against
@@ -72,6 +72,9 @@ def openvino_request(path: str | os.PathLike, threads: int, precision: str = "fp
     (OpenVINO would otherwise choose bf16 by itself on CPUs that have it)."""
     ov = import_extra("openvino", "openvino", "The openvino runtime")
     hint = "bf16" if precision == "bf16" else "f32"
-    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {
+    core = ov.Core()
+    # an IR (.xml) is read as written; an ONNX file goes through OpenVINO's converter
+    model = core.read_model(str(path)) if Path(path).suffix == ".xml" else ov.convert_model(str(path))
+    compiled = core.compile_model(model, "CPU", {
         "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
     return compiled.create_infer_request()

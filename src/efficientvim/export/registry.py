@@ -51,7 +51,7 @@ def _torchscript(model: nn.Module, path: Path, precision: str = "fp32", calibrat
 
     error = export_torchscript(model, path, img_size=img_size, precision=precision)
     return {"error": error, "what": f"TorchScript{_computes(precision)}, dynamic batch/height/width",
-            "runtime": "PyTorch"}
+            "runtime": "the TorchScript interpreter"}
 
 
 def _openvino(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
