@@ -140,8 +140,8 @@ def speed(source: str, bits: list[int], rounds: int = 15) -> None:
     import numpy as np
 
     import efficientvim as ev
-    from efficientvim.export.onnx import onnxruntime_session
     from efficientvim.export import export_onnx_int8
+    from efficientvim.export.onnx import onnxruntime_session
 
     model = (ev.load_model(source) if Path(source).is_file() else ev.create_model(source)).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,8 +180,7 @@ def main() -> None:
     if args.child:
         return child(*args.child)
     import efficientvim as ev
-    from efficientvim.export import export_openvino
-    from efficientvim.export import export_onnx_int8
+    from efficientvim.export import export_onnx_int8, export_openvino
 
     if args.speed:
         return speed(args.checkpoint, [int(b) for b in args.bits.split(",")])
