@@ -78,7 +78,7 @@ def test_without_native_support_fuse_says_so_and_stays_float32(model, monkeypatc
     def lacking_bf16(dtype, device):
         return "this CPU has no native bfloat16 (x)" if dtype == torch.bfloat16 else None
 
-    monkeypatch.setattr(ev.deploy, "native_precision", lacking_bf16)
+    monkeypatch.setattr(ev.deploy.network, "native_precision", lacking_bf16)  # where fuse() asks
     with pytest.warns(UserWarning, match=r"this CPU has no native bfloat16 \(x\): fusing in float32, which runs "
                       r"faster here"):
         fused = ev.fuse(model, dtype=torch.bfloat16)
