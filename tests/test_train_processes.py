@@ -90,6 +90,41 @@ def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path):
     assert f"epoch {saved['epoch']}/2" not in rerun.stdout.split("resumed from")[1]  # finished epochs not redone
     assert epochs_logged(out) == [1, 2]
     assert torch.load(out / "last.pt", weights_only=True)["fit_state"]["epoch"] == 2
+    # the killed run's lock was left behind; its process is gone, so the rerun took it over, said so, and let go
+    assert f"note: taking over {out / '.efficientvim.lock'}: its run (pid {proc.pid} on " in rerun.stdout
+    assert not (out / ".efficientvim.lock").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_goes_on(tmp_path):
+    data = make_folder(tmp_path / "data", per_class={"train": 24, "val": 3})
+    out = tmp_path / "out"
+    cmd = [sys.executable, *train_cmd(tmp_path, data, out, epochs=50)]  # still running when the second starts
+    first = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(out / "last.pt", first)
+        second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+        assert first.poll() is None  # the first run was still going when the second was refused
+    finally:
+        first.send_signal(signal.SIGTERM)  # it saves and stops
+        log = first.communicate(timeout=120)[0]
+    assert second.returncode == 2 and second.stderr.count("\n") == 1 and second.stdout == ""
+    assert second.stderr.startswith(f"efficientvim train: error: {out} is in use by another training (pid {first.pid} "
+                                    "on ")
+    assert first.returncode == 128 + signal.SIGTERM, log[-3000:]  # undisturbed by the second: it saved and ended
+    assert not (out / ".efficientvim.lock").exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_note_and_the_run_resumes(tmp_path):
+    """A full disk cut the last append short: every later resume crashed on it (JSONDecodeError)."""
+    cmd, out, proc = start_two_epoch_run(tmp_path)
+    proc.kill()
+    proc.wait(timeout=30)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_loss": 0.4')  # no closing brace, no newline
+    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert re.search(rf"note: {re.escape(str(out / 'metrics.jsonl'))} line \d+ is not a whole record", rerun.stderr)
+    assert epochs_logged(out) == [1, 2]
 
 
 def test_sigterm_saves_a_checkpoint_that_the_rerun_continues(tmp_path):

@@ -34,6 +34,10 @@ class ImageFileError(EfficientViMError, ValueError):
     """An image file that cannot be read: not an image, truncated or corrupt."""
 
 
+class RunLockError(EfficientViMError):
+    """Another run is writing into the output folder."""
+
+
 class ExportError(EfficientViMError):
     """An export that could not be written or does not reproduce the PyTorch model, or a file that is not one."""
 

@@ -5,9 +5,13 @@ the changes named when the settings differ."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RunLockError
 
 if TYPE_CHECKING:  # annotations only: the loop imports this module
     from .distributed import Distributed
@@ -26,6 +30,72 @@ LAST = "last.pt"
 
 # settings that do not change what a run computes: a rerun may change them and still resume
 RUN_ONLY_SETTINGS = ("workers", "output")
+
+
+LOCK = ".efficientvim.lock"  # in the output folder while a run writes into it: {"pid", "host"}
+
+
+@contextlib.contextmanager
+def run_lock(output: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``output``'s lock (creating the folder) while the block runs, from before a run reads anything
+    there: a second run started into the same folder is refused in one line naming the owner (two runs mixed their
+    metrics and one died on the other's files). The lock file is created exclusively (never an existing file, nor a
+    link planted at its name); a lock left by a process of this host that is gone is taken over, with a note; one
+    from another host is not (it cannot be checked). In a distributed run the first process holds it."""
+    if os.environ.get("RANK", "0") != "0":  # distributed: the first process holds it for all
+        yield
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    path, me = output / LOCK, {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):  # a stale lock is removed and taking it tried again; another taker may win that race
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is None or _alive(owner, me["host"]):
+                who = f"pid {owner['pid']} on {owner['host']}" if owner else "a run that is starting"
+                raise RunLockError(f"{output} is in use by another training ({who}): wait for it to end or choose "
+                                   f"another --output (if no run is left, remove {path})") from None
+            log(f"note: taking over {path}: its run (pid {owner['pid']} on {owner['host']}) is gone")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    else:
+        raise RunLockError(f"{output}: could not take {path} (another run keeps taking it)")
+    try:
+        yield
+    finally:
+        if _lock_owner(path) == me:
+            path.unlink()
+
+
+def _lock_owner(path: Path) -> dict | None:
+    """The lock's {"pid", "host"}, or None while its writer has not written it yet (tried for a second)."""
+    for _ in range(10):
+        try:
+            owner = json.loads(path.read_text())
+            if isinstance(owner, dict) and isinstance(owner.get("pid"), int) and isinstance(owner.get("host"), str):
+                return owner
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    return None
+
+
+def _alive(owner: dict, host: str) -> bool:
+    """Whether the lock's process may still run: yes for another host (unknowable), else as the OS says."""
+    if owner["host"] != host:
+        return True
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def atomic_save(obj: Any, path: Path) -> None:

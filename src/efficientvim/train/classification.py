@@ -24,7 +24,7 @@ from ..data import build_datasets
 from ..errors import CheckpointError, DataError
 from ..registry import create_model
 from ..weights import Checkpoint, model_layout, save_weights
-from .checkpoints import RUN_ONLY_SETTINGS, check_resume
+from .checkpoints import RUN_ONLY_SETTINGS, check_resume, run_lock
 from .distributed import (
     ResumableSampler,
     all_reduce_sum,
@@ -133,6 +133,11 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
     A run saved in ``cfg.output`` is resumed when its settings match ``cfg``; with other settings it is
     refused (naming the changes) unless ``resume_changed``.
     """
+    with run_lock(Path(cfg.output), log):  # one run per output folder
+        return _train(cfg, log, resume_changed)
+
+
+def _train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainResult:
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CheckpointError, DataError, EfficientViMError
 from ..weights import Checkpoint, save_state
-from .checkpoints import RUN_ONLY_SETTINGS, check_resume
+from .checkpoints import RUN_ONLY_SETTINGS, check_resume, run_lock
 from .distributed import ResumableSampler, init_distributed
 from .loop import FitResult, Loop, fit, seed_all, unwrap
 from .metrics import summary_line
@@ -196,6 +196,11 @@ def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) 
 
     A run saved in the output folder is resumed when its settings match ``cfg`` (else refused, unless
     ``resume_changed``), as for classification."""
+    with run_lock(Path(cfg.default_output()), log):  # one run per output folder
+        return _train_dense(cfg, log, resume_changed)
+
+
+def _train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) -> DenseTrainResult:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 

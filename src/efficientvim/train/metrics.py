@@ -32,8 +32,7 @@ class MetricsLog:
             return
         if self.path.exists():
             # drop epochs the resumed checkpoint does not include (written after its save)
-            with open(self.path) as f:
-                self.records = [r for r in map(json.loads, filter(str.strip, f)) if r["epoch"] <= keep_epochs]
+            self.records = [r for r in read_metrics(self.path) if r["epoch"] <= keep_epochs]
             with open(self.path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
         try:
@@ -60,6 +59,27 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``. A line that is not a whole record (an append cut short by a full disk
+    or a kill) is dropped with a note naming it: the epochs after it are logged again when the run resumes."""
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+        else:
+            torn.append(number)
+    if torn:
+        print(f"note: {path} line {', '.join(map(str, torn))} is not a whole record (a write cut short): dropped",
+              file=sys.stderr)
+    return records
 
 
 # the sources of a metric (its name's prefix): one colour each, the same in both panels
