@@ -45,6 +45,7 @@ def run_lock(output: Path, log: Callable[[str], None]) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0":  # distributed: the first process holds it for all
         yield
         return
+    made = [d for d in (output, *output.parents) if not d.exists()]  # folders to leave as they were if unused
     output.mkdir(parents=True, exist_ok=True)
     path, me = output / LOCK, {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(3):  # a stale lock is removed and taking it tried again; another taker may win that race
@@ -70,6 +71,9 @@ def run_lock(output: Path, log: Callable[[str], None]) -> Iterator[None]:
     finally:
         if _lock_owner(path) == me:
             path.unlink()
+        for folder in made:  # a run refused before it wrote anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
 
 
 def _lock_owner(path: Path) -> dict | None:
