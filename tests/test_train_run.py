@@ -101,6 +101,27 @@ def test_rerun_of_a_finished_run_resumes_at_the_end(trained, capsys):
     assert len((trained["out"] / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_rerun_writes_the_final_weights_a_failed_save_left_out(trained, tmp_path, capsys):
+    """The last save of a finished run failed (a full disk): the rerun writes it instead of saying "done" without it."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(trained["out"], out)
+    with safe_open(str(out / "last.safetensors"), "pt") as f:
+        before = json.loads(f.metadata()["top1"])
+    (out / "last.safetensors").unlink()
+    capsys.readouterr()
+    assert train(tmp_path, "--data", str(trained["data"]), "--output", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {out / 'last.safetensors'} was missing (its save failed?): written now" in printed
+    with safe_open(str(out / "last.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["epoch"]) == 2 and json.loads(meta["top1"]) == pytest.approx(before, abs=1e-6)
+    capsys.readouterr()
+    assert train(tmp_path, "--data", str(trained["data"]), "--output", str(out)) == 0  # present now: left alone
+    assert "was missing" not in capsys.readouterr().out
+
+
 def test_empty_and_cut_off_images_are_listed_before_training_and_corrupt_ones_noted_in_one_line(tmp_path):
     """As a user runs it (a subprocess): empty and truncated files are found by the scan and listed with the other
     skipped files, not counted in the class totals; an image that only fails when decoded is named in one line on

@@ -292,8 +292,16 @@ def _train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRe
         hidden_metrics=("top5", "ema_top5") if len(classes) <= 5 else (),  # top-5 of 5 classes is always 100%
     )
     result = fit(loop, d)
-    if result.stopped_by is None and result.last_metrics and d.is_main:
-        export(output / FINAL, result.last_metrics, result.state.epoch)
+    metrics = result.last_metrics
+    finished = result.stopped_by is None and result.state.epoch >= total_epochs
+    if finished and not metrics and not (output / FINAL).is_file():
+        # a rerun of a finished run whose final save failed (a full disk): the weights are in last.pt, write it now
+        metrics = {"top1": evaluate(unwrap(model), val_loader, d, amp_dtype)["top1"]}
+        if ema is not None:
+            metrics["ema_top1"] = evaluate(ema.module, val_loader, d, amp_dtype)["top1"]
+        say(f"note: {output / FINAL} was missing (its save failed?): written now from {output / 'last.pt'}")
+    if result.stopped_by is None and metrics and d.is_main:
+        export(output / FINAL, metrics, result.state.epoch)
     summary = _summary(result, output, time.time() - start)
     say(summary)
     close_distributed(d)
