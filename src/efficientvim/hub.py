@@ -83,14 +83,14 @@ def fetch(repo: str, filename: str, revision: str | None = None) -> Path:
     hf_logging.set_verbosity_error()  # the hub logs every retry; the failure is reported below in one line
     offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
     try:
-        try:  # the cache first: no network needed for a file fetched before
-            return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
-        except Exception:
-            if offline:
-                raise
-        unreachable = _unreachable_hub()
-        if unreachable:  # said at once: huggingface_hub's own retries took 23 s to fail without a network
-            raise ConnectionError(unreachable)
+        # without a network, said at once (huggingface_hub's own retries took 23 s to fail) unless the file is
+        # cached; with one, huggingface_hub checks the cached copy against the hub as always
+        unreachable = None if offline else _unreachable_hub()
+        if unreachable:
+            try:
+                return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+            except Exception:
+                raise ConnectionError(unreachable) from None
         return Path(hf_hub_download(repo, filename, revision=revision))
     except Exception as e:
         why = ("offline mode (HF_HUB_OFFLINE) is set" if offline else str(e) if isinstance(e, ConnectionError)

@@ -38,9 +38,10 @@ CHECK_IMAGES = 64  # held-out images the int8 model's top-1 is compared on
 # Bits of the int8 weights. x86 CPUs without VNNI (AVX2; AVX-512 without VNNI) multiply uint8 activations by
 # int8 weights with VPMADDUBSW, which adds adjacent products into a saturating int16: two products of
 # 255 x 127 (64,770) overflow it. ONNX Runtime takes that kernel there (so does oneDNN, OpenVINO's int8 from
-# this file), and the digits model kept its top-1 on 92.5% of images on an AMD Zen 3. With 7-bit weights
+# this file): the digits model's int8 file kept its top-1 on 92.5% of images on an AMD Zen 3 (reported), 95%
+# (ONNX Runtime) and 83% (OpenVINO) on an emulated AVX2 CPU. With 7-bit weights
 # (|w| <= 64) a pair sums to at most 2 x 255 x 64 = 32,640 < 32,767: exact on every x86 CPU, at the cost of one
-# bit of weight resolution (docs/benchmarks.md, "int8 on every CPU"). 8 bits is for files that only ever run
+# bit of weight resolution (docs/benchmarks.md, "int8 on every x86 CPU"). 8 bits is for files that only ever run
 # on CPUs with VNNI (VPDPBUSD accumulates in int32).
 WEIGHT_BITS = (7, 8)
 

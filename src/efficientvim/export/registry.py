@@ -16,9 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .common import MIN_OPSET
+from .coreml import export_coreml
+from .executorch import export_executorch, load_executorch
+from .litert import export_litert, load_litert
+from .onnx import export_onnx, export_onnx_int8, onnxruntime_session, weights_phrase
+from .openvino import export_openvino, openvino_request
+from .torchscript import export_torchscript
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,6 @@ class Format:
 
 def _onnx(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
           opset: int = MIN_OPSET) -> dict:
-    from .onnx import export_onnx, export_onnx_int8, weights_phrase
-
     shape = "dynamic batch/height/width"
     if precision == "int8":
         report = export_onnx_int8(model, path, calibration=calibration, opset=opset)
@@ -47,8 +52,6 @@ def _onnx(model: nn.Module, path: Path, precision: str = "fp32", calibration=Non
 
 def _torchscript(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
                  opset: int = MIN_OPSET) -> dict:
-    from .torchscript import export_torchscript
-
     error = export_torchscript(model, path, img_size=img_size, precision=precision)
     return {"error": error, "what": f"TorchScript{_computes(precision)}, dynamic batch/height/width",
             "runtime": "the TorchScript interpreter"}
@@ -56,21 +59,17 @@ def _torchscript(model: nn.Module, path: Path, precision: str = "fp32", calibrat
 
 def _openvino(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
               opset: int = MIN_OPSET) -> dict:
-    from .onnx import weights_phrase
-    from .openvino import export_openvino
-
     report = export_openvino(model, path, precision, calibration, img_size, opset)
     kind = f"from int8 QDQ ONNX, {weights_phrase(report)}" if precision == "int8" else precision
     return {**report, "what": f"OpenVINO IR {kind}, dynamic batch/height/width; weights in {Path(path).stem}.bin",
             "runtime": "OpenVINO's CPU runtime"}
 
 
-def _fixed(module: str, name: str, runtime: str):
+def _fixed(exporter: Callable[..., dict], name: str, runtime: str):
+    """The writer of a fixed-shape format (ExecuTorch, LiteRT): its exporter's report with the CLI's words."""
+
     def write(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
               opset: int = MIN_OPSET) -> dict:
-        import importlib
-
-        exporter = getattr(importlib.import_module(f".{module}", __package__), f"export_{module}")
         report = exporter(model, path, img_size, precision, calibration)
         outside = report.pop("outside_xnnpack", None)
         notes = [f"{sum(outside.values())} operators run outside XNNPACK on ExecuTorch's portable kernels "
@@ -84,8 +83,6 @@ def _fixed(module: str, name: str, runtime: str):
 
 def _coreml(model: nn.Module, path: Path, precision: str = "fp32", calibration=None, img_size=None,
             opset: int = MIN_OPSET) -> dict:
-    from .coreml import export_coreml
-
     report = export_coreml(model, path, img_size, precision)
     return {**report, "what": f"Core ML ML Program, {precision}, input fixed at batch 1", "runtime": "Core ML"}
 
@@ -95,15 +92,11 @@ def _computes(precision: str) -> str:
 
 
 def _load_onnx(path):
-    from .onnx import onnxruntime_session
-
     session = onnxruntime_session(path, threads=os.cpu_count() or 1)
     return lambda x: session.run(None, {"images": x})[0]
 
 
 def _load_torchscript(path):
-    import torch
-
     module = torch.jit.load(str(path))
 
     def run(x):
@@ -115,25 +108,13 @@ def _load_torchscript(path):
 
 
 def _load_openvino(path):
-    from .openvino import openvino_request
-
     request = openvino_request(path, threads=os.cpu_count() or 1)
     return lambda x: request.infer({0: x})[0]
 
 
 def _load_executorch(path):
-    import torch
-
-    from .executorch import load_executorch
-
     method = load_executorch(path)
     return lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
-
-
-def _load_litert(path):
-    from .litert import load_litert
-
-    return load_litert(path)
 
 
 FORMATS: dict[str, Format] = {
@@ -141,8 +122,8 @@ FORMATS: dict[str, Format] = {
     "torchscript": Format(".pt", "", ("fp32", "fp16", "bf16"), _torchscript, _load_torchscript),
     "openvino": Format(".xml", "openvino", ("fp32", "fp16", "int8"), _openvino, _load_openvino),
     "executorch": Format(".pte", "executorch", ("fp32", "int8"), _fixed(
-        "executorch", "ExecuTorch, XNNPACK delegate", "ExecuTorch's runtime"), _load_executorch),
+        export_executorch, "ExecuTorch, XNNPACK delegate", "ExecuTorch's runtime"), _load_executorch),
     "litert": Format(".tflite", "litert", ("fp32", "int8"), _fixed(
-        "litert", "LiteRT flatbuffer", "LiteRT's interpreter"), _load_litert),
+        export_litert, "LiteRT flatbuffer", "LiteRT's interpreter"), load_litert),
     "coreml": Format(".mlpackage", "coreml", ("fp32", "fp16"), _coreml, None),  # Core ML predicts on macOS only
 }
