@@ -38,6 +38,10 @@ class RunLockError(EfficientViMError):
     """Another run is writing into the output folder."""
 
 
+class DiskFullError(EfficientViMError):
+    """A file that could not be written for lack of space (an earlier file of that name is unchanged)."""
+
+
 class ExportError(EfficientViMError):
     """An export that could not be written or does not reproduce the PyTorch model, or a file that is not one."""
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .weights import SSD_OPTIONS, STAGE_LAYOUT, model_layout, save_weights
+from .writing import staging
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -196,12 +197,14 @@ def save_pretrained(
     if not isinstance(model, EfficientViM) or not hasattr(model, "model_name"):
         raise TypeError("save_pretrained takes a classifier made by efficientvim.create_model")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else None
-    save_weights(model, folder / WEIGHTS_NAME, class_names=names)  # checks one string per class
-    config = hub_config(model, names)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    (folder / CARD_NAME).write_text(model_card(model, config, name or folder.name, speed, accuracy, on_hub=bool(name)))
+    # the three files are written together: weights and config of one model, or the folder as it was
+    with staging(folder, folder / WEIGHTS_NAME) as new:
+        save_weights(model, new / WEIGHTS_NAME, class_names=names)  # checks one string per class
+        config = hub_config(model, names)
+        (new / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        card = model_card(model, config, name or folder.name, speed, accuracy, on_hub=bool(name))
+        (new / CARD_NAME).write_text(card)
     return folder
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from .predict import FULL_RESOLUTION, class_names, make_transform, top_k
+from .writing import write_figure
 
 STATES_SHOWN = 8  # most concentrated states drawn per stage
 # fewer tokens than this (a 64 px input gives stage 3 one token, stage 2 four): every state reads the same few
@@ -211,7 +212,4 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
         f"weights it most, shown where that weight is at least {OWNER_MIN_RATIO}x uniform; frame colours match owners.",
         fontsize=8, color="#555555",
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI)
-    return path
+    return write_figure(fig, path, dpi=FIGURE_DPI)

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .errors import CheckpointError
+from .writing import write_bytes
 
 FORMAT_NAME = "efficientvim"
 # envelope keys of training checkpoints, in order of preference when none is named
@@ -269,7 +271,7 @@ def save_weights(
     """Write ``model``'s weights as safetensors with the metadata needed to rebuild and use it:
     architecture, num_classes, in_chans, input size, crop, interpolation, mean/std and class names.
 
-    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    Written through :mod:`efficientvim.writing`: an earlier file of that name survives any failure.
     """
     path = Path(path)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
@@ -299,20 +301,8 @@ def save_weights(
 
 def save_state(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict) -> Path:
     """The package's one weights format: ``state`` as safetensors, ``metadata`` (plain data) as JSON in its
-    header, read back by :class:`Checkpoint`. Written to a temporary name and renamed, so a crash never
-    leaves half a file; the file's mode follows the user's umask."""
-    path = Path(path)
+    header, read back by :class:`Checkpoint`. Written through :mod:`efficientvim.writing`: an earlier file of
+    that name survives any failure."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     header = {"format": FORMAT_NAME, **{k: json.dumps(v) for k, v in metadata.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files 0600; a weights file is shared like any other
-    os.replace(tmp, path)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return write_bytes(path, safetensors_bytes(tensors, metadata=header))

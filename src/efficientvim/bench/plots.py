@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..registry import list_models, model_config
+from ..writing import write_figure
 from .models import FUSE_SUFFIX, TIMM_PREFIX, model_family
 from .results import Result
 
@@ -64,7 +65,7 @@ def plot_speed_accuracy(results: Sequence[Result], path: str | Path, title: str)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -100,6 +101,6 @@ def plot_resolution_scaling(results: Sequence[Result], path: str | Path, title: 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(fig, path, dpi=120)
     plt.close(fig)
     return Path(path)

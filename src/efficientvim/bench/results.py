@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import statistics
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..writing import write_text
 
 
 @dataclass
@@ -62,12 +65,13 @@ def write_results(results: Sequence[Result], out_dir: str | Path, meta: dict) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in results]
     csv_path, json_path = out_dir / "results.csv", out_dir / "results.json"
-    with open(csv_path, "w", newline="") as f:
-        columns = [c for c in rows[0] if c != "times_ms"] if rows else []
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    table = io.StringIO(newline="")
+    columns = [c for c in rows[0] if c != "times_ms"] if rows else []
+    writer = csv.DictWriter(table, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(csv_path, table.getvalue())
+    write_text(json_path, json.dumps({"meta": meta, "results": rows}, indent=1))
     return {"csv": csv_path, "json": json_path}
 
 

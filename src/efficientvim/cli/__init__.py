@@ -13,6 +13,7 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -52,8 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and argument errors (already printed)
         return e.code if isinstance(e.code, int) else 2
+    # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: files being written are removed, earlier ones kept
+    previous = _on_sigterm(_terminate)
     try:
         result = args.func(args)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (EfficientViMError, OSError) as e:
         if args.debug or not _is_user_mistake(e):
             raise
@@ -66,7 +72,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader (e.g. `| head`) left: stop quietly, and keep Python from complaining at exit
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (must stay open until exit)
         return 141
+    finally:
+        _on_sigterm(previous)
     return int(result or 0)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised where the program was, so every ``finally`` and ``with`` runs."""
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM and return the one it replaces (None off the main thread, where Python
+    takes no signal handlers: ``main`` called from a thread keeps the process's own)."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
 
 
 def _is_user_mistake(e: BaseException) -> bool:

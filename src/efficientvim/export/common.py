@@ -4,10 +4,13 @@ is checked at, file names, and silencing the native libraries' own prints."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +18,9 @@ from torch import nn
 
 from ..errors import ExportError, InputSizeError
 from ..predict import class_names
+from ..writing import staging
+
+Export = TypeVar("Export", bound=Callable)
 
 EXPORT_TOLERANCE = 1e-4  # largest accepted max|export - pytorch| / max|pytorch|
 
@@ -52,6 +58,21 @@ def native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def written_whole(export: Export) -> Export:
+    """An exporter ``export(model, path, ...)`` whose files (the export, the .bin or .json beside it, a .mlpackage
+    folder) replace those of the same names only once it has returned, its check passed: it writes into a
+    private folder beside ``path`` (:func:`efficientvim.writing.staging`), so a failed check, a full disk or a
+    signal leaves an earlier file as it was and nothing half-written at the name."""
+
+    @functools.wraps(export)
+    def whole(model: nn.Module, path: str | os.PathLike, *args, **kwargs):
+        path = Path(path)
+        with staging(path.parent, path) as private:
+            return export(model, private / path.name, *args, **kwargs)
+
+    return whole  # type: ignore[return-value]
 
 
 def metadata(model: nn.Module) -> dict[str, str]:

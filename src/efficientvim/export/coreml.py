@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from ..errors import import_extra
-from .common import metadata, native_stderr_silenced
+from .common import metadata, native_stderr_silenced, written_whole
 from .fixed_shape import fixed_shape_export
 from .verify import agreement, verify
 
 
+@written_whole
 def export_coreml(model: nn.Module, path: str | os.PathLike, img_size: int | None = None, precision: str = "fp32"
                   ) -> dict:
     """Write ``model`` (fused, NCHW formulation) as a Core ML ML Program (``.mlpackage``) through torch.export.
@@ -41,10 +42,6 @@ def export_coreml(model: nn.Module, path: str | os.PathLike, img_size: int | Non
                                compute_precision=compute, minimum_deployment_target=ct.target.iOS17)
     for key, value in {**metadata(reference), "precision": json.dumps(precision)}.items():
         converted.user_defined_metadata[key] = value
-    if path.is_dir():  # an earlier package of that name: replaced, as a file would be
-        import shutil
-
-        shutil.rmtree(path)
     converted.save(str(path))
     if platform.system() != "Darwin":
         return {"verified": False}

@@ -11,10 +11,11 @@ from torch import nn
 
 from ..errors import import_extra
 from ..quantize import quantize_xnnpack
-from .common import native_stderr_silenced
+from .common import native_stderr_silenced, written_whole
 from .fixed_shape import fixed_shape_calibration, fixed_shape_check, fixed_shape_export
 
 
+@written_whole
 def export_litert(
     model: nn.Module, path: str | os.PathLike, img_size: int | None = None, precision: str = "fp32",
     calibration: str | os.PathLike | None = None,

@@ -17,7 +17,7 @@ from torch import nn
 from ..deploy import export_graph
 from ..errors import ExportError, import_extra
 from ..quantize import CALIBRATION_IMAGES
-from .common import MIN_OPSET, check_precision, check_sizes, metadata
+from .common import MIN_OPSET, check_precision, check_sizes, metadata, written_whole
 from .verify import verify
 
 
@@ -49,6 +49,7 @@ def write_onnx(graph: nn.Module, path: str | os.PathLike, size: tuple[int, int] 
         )
 
 
+@written_whole
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, opset: int = MIN_OPSET, img_size: int | None = None,
     precision: str = "fp32",
@@ -87,6 +88,7 @@ def set_onnx_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None
     onnx.save(proto, str(path))
 
 
+@written_whole
 def export_onnx_int8(
     model: nn.Module,
     path: str | os.PathLike,

@@ -10,11 +10,12 @@ from torch import nn
 
 from ..deploy import export_graph
 from ..errors import import_extra
-from .common import MIN_OPSET, check_precision, check_sizes, suffixed
+from .common import MIN_OPSET, check_precision, check_sizes, suffixed, written_whole
 from .onnx import export_onnx
 from .verify import verify
 
 
+@written_whole
 def export_openvino(
     model: nn.Module, path: str | os.PathLike, precision: str = "fp32", calibration: str | os.PathLike | None = None,
     img_size: int | None = None, opset: int = MIN_OPSET, weight_bits: int = 7,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -11,10 +12,11 @@ import torch
 from torch import nn
 
 from ..deploy import export_graph
-from .common import check_precision, check_sizes, metadata, outputs
+from .common import check_precision, check_sizes, metadata, outputs, written_whole
 from .verify import verify
 
 
+@written_whole
 def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int | None = None,
                        precision: str = "fp32") -> float:
     """Write ``model`` (fused first) as a traced TorchScript module; return the verified error.
@@ -34,6 +36,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, img_size: int 
         traced = torch.jit.trace(graph, sample, check_trace=False)
         meta = {k: json.loads(v) for k, v in metadata(reference).items()}
         meta["precision"] = precision
-        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+        # serialised in memory, then written by Python: torch's own file writer aborts the process on a full disk
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"metadata.json": json.dumps(meta)})
+        path.write_bytes(buffer.getvalue())
         loaded = torch.jit.load(str(path))
     return verify(reference, lambda x: outputs(loaded(x)), sizes, f"TorchScript export {path}", precision)

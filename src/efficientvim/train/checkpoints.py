@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, RunLockError
+from ..writing import replacing
 
 if TYPE_CHECKING:  # annotations only: the loop imports this module
     from .distributed import Distributed
@@ -103,13 +104,21 @@ def _alive(owner: dict, host: str) -> bool:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """torch.save through :func:`efficientvim.writing.replacing`: a fresh file beside ``path``, flushed to disk,
+    then renamed over it (the earlier ``last.pt`` survives a full disk or a kill); its size, the tensors' bytes,
+    is checked against the free space first."""
+    with replacing(path, size=_tensor_bytes(obj)) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_training_state(path: Path) -> dict:

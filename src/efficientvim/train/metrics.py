@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..writing import append_line, write_figure, write_text
 
 if TYPE_CHECKING:  # annotations only: the loop imports this module
     from .loop import FitResult
@@ -33,8 +34,7 @@ class MetricsLog:
         if self.path.exists():
             # drop epochs the resumed checkpoint does not include (written after its save)
             self.records = [r for r in read_metrics(self.path) if r["epoch"] <= keep_epochs]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # an optional extra: metrics.jsonl and curves.png carry the same numbers
@@ -47,8 +47,7 @@ class MetricsLog:
         if not self.enabled:
             return
         self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         if self.writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, int | float):
@@ -126,11 +125,9 @@ def plot_curves(records: list[dict], path: Path, metrics_title: str = "accuracy 
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_figure(fig, path, dpi=100)
     ticks = [float(t) for t in ax_loss.get_xticks() if epochs[0] <= t <= epochs[-1]]
     plt.close(fig)
-    os.replace(tmp, path)
     return {"lines": drawn, "ticks": ticks}
 
 
