@@ -215,9 +215,9 @@ def bad_inputs(tmp_path_factory, tiny_checkpoint) -> Path:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["predict", "{bad}/notes.txt", "--checkpoint", "{ckpt}"], "notes.txt is not an image Pillow can read"),
+        (["predict", "{bad}/notes.txt", "--checkpoint", "{ckpt}"], "notes.txt is not a JPEG, PNG"),
         # random weights: the warning waits until the inputs are checked, so the error stays the only line
-        (["predict", "{bad}/notes.txt", "--model", "efficientvim_m1"], "notes.txt is not an image Pillow can read"),
+        (["predict", "{bad}/notes.txt", "--model", "efficientvim_m1"], "notes.txt is not a JPEG, PNG"),
         (["predict", "{bad}/sliver.png", "--checkpoint", "{ckpt}"], "sliver.png is 13x300 pixels, too small"),
         (["predict", "{bad}/narrow.png", "--checkpoint", "{ckpt}", "--img-size", "32"],
          "argument --img-size: must be at least 64 (the network's total stride), got 32"),

@@ -118,7 +118,7 @@ MISTAKES = [
     (["export", "efficientvim_m2", "--checkpoint", "{ckpt}", "--format", "onnx", "-o", "{root}/y.onnx"],
      "holds efficientvim_m1, not efficientvim_m2"),
     (["eval", "--checkpoint", "{ckpt}", "--data", "{data}", "--workers", "1", "--strict-data"],
-     "unreadable image: {data}/val/star/broken.png is not an image Pillow can read"),
+     "unreadable image: {data}/val/star/broken.png is not a JPEG, PNG, WebP, TIFF, BMP, GIF or PPM image"),
 ]
 
 
@@ -215,7 +215,7 @@ def test_predict_on_a_folder_names_the_files_it_did_not_read(files, tmp_path, ca
     assert main(["predict", str(folder), "--checkpoint", str(files["ckpt"]), "--topk", "1", "--json"]) == 0
     captured = capsys.readouterr()
     assert [r["image"] for r in json.loads(captured.out)] == [str(folder / "photo.png")]
-    assert captured.err.strip() == (f"note: skipped 2 files that are not images Pillow reads: "
+    assert captured.err.strip() == (f"note: skipped 2 files that are not images of the formats read: "
                                     f"{folder / 'IMG_0001.heic'}, {folder / 'notes.txt'}")
 
 

@@ -1,9 +1,9 @@
 """Image classification datasets for training and evaluation.
 
-* ``ImageFiles``: an ImageFolder (one sub-folder per class) or a tar of one; every format Pillow
-  reads, through the package's one image reader. Files that are not images, empty files and cut-off
-  JPEGs and PNGs are found by the scan and listed with the reason; an image that still fails to decode is
-  named and skipped with a one-line note, or is fatal in strict mode.
+* ``ImageFiles``: an ImageFolder (one sub-folder per class) or a tar of one; the formats
+  :mod:`efficientvim.images` reads, through the package's one image reader. Files that are not images, empty
+  files and cut-off JPEGs and PNGs are found by the scan and listed with the reason; an image that still fails
+  to decode is named and skipped with a one-line note, or is fatal in strict mode.
 * ``DigitsDataset``: the 1,797 handwritten 8x8 digit scans that ship with scikit-learn, with a
   fixed stratified train/val split (1,437 / 360), so training runs with no download at all.
 * ``build_datasets`` picks one of those, or any other format timm's ``create_dataset`` reads
@@ -58,10 +58,14 @@ class ImageFiles(Dataset):
         class_to_idx: dict[str, int] | None = None,
         transform: Callable | None = None,
         strict: bool = False,
+        scored: bool = False,
     ) -> None:
         self.root = Path(root)
         self.transform = transform
         self.strict = strict
+        # a split that is scored (val) leaves an unreadable image out, as a sample marked by target -1 - index;
+        # a training split reads the next image instead (a score would count one image twice)
+        self.scored = scored
         self.skipped: list[tuple[str, str]] = []  # (file relative to root, why it is not used)
         files = self._scan_tar() if self.root.is_file() else self._scan_folder()
         classes = sorted({c for _, c in files} | set(self._folders))
@@ -107,9 +111,20 @@ class ImageFiles(Dataset):
 
         try:
             with tarfile.open(self.root) as tf:
-                members = [(m.name, m.size) for m in tf.getmembers() if m.isfile()]
+                latest = {m.name: m for m in tf.getmembers()}  # a name stored twice: the last one is the file
         except (tarfile.TarError, OSError) as e:
             raise DataError(f"{self.root} is not a readable tar file ({e}): pass a folder or a tar of one") from None
+        members = []
+        for name, m in latest.items():
+            if m.islnk() or m.issym():  # read through the link, when the tar holds what it names
+                target = latest.get(m.linkname if m.islnk() else str(Path(name).parent / m.linkname))
+                if target is None or not target.isfile():
+                    if _skip_reason(name) is None:
+                        self.skipped.append((name, f"a link to {m.linkname}, which the tar does not hold as a file"))
+                    continue
+                m = target
+            if m.isfile():
+                members.append((name, m.size))
         files = []
         for name, size in sorted(members):
             parent = Path(name).parent.name
@@ -151,7 +166,10 @@ class ImageFiles(Dataset):
                 if self.strict:
                     raise DataError(f"unreadable image: {e} (--strict-data: remove or replace it)") from None
                 # one line that keeps clear of a progress bar (a Python warning printed its source line into it)
-                tqdm.write(f"note: skipped unreadable image: {e}", file=sys.stderr)
+                tqdm.write(f"note: {'left out' if self.scored else 'skipped'} unreadable image: {e}", file=sys.stderr)
+                if self.scored:
+                    blank = Image.new("RGB", (64, 64))
+                    return (self.transform(blank) if self.transform else blank), -1 - index
         else:
             raise DataError(
                 f"{MAX_CONSECUTIVE_SKIPS} consecutive unreadable images from {self.filename(index)} on: "
@@ -280,7 +298,7 @@ def build_datasets(
         order = train.class_to_idx
     elif val_classes and set(val_classes) == set(class_folders(val_dir)):
         order = {c: i for i, c in enumerate(val_classes)}
-    val = ImageFiles(val_dir, order, val_transform, strict)
+    val = ImageFiles(val_dir, order, val_transform, strict, scored=True)
     if train is not None:
         check_same_classes(train.class_names, val.class_names)
         check_trainable(train, train_dir)

@@ -1,9 +1,14 @@
 """The one image reader: training, evaluation, prediction, visualisation and the ONNX predictor all
 read files through :func:`read_image`, so a picture means the same thing everywhere.
 
-Every format Pillow opens is accepted (JPEG, PNG, WebP, TIFF, BMP, GIF, ...). Images are returned
-as RGB the way a person sees them: EXIF rotation applied, transparency composited over white,
-palette, CMYK and grey converted, 16-bit and float images rescaled (not clipped) to 8 bits.
+The formats read are those the documentation names (:data:`FORMATS`: JPEG, PNG, WebP, TIFF, BMP, GIF and
+PPM), told by the file's contents: a file of another kind is refused whatever its name (a PostScript file
+named ``.jpg`` would reach Pillow's EPS reader, which runs Ghostscript). Sizes come from the file's header and
+are checked before anything is decoded: at most :data:`MAX_PIXELS` pixels are decoded (a larger JPEG is decoded
+at 1/2, 1/4 or 1/8 scale, as its format allows; other formats are refused), and an image more than
+:data:`MAX_ASPECT` times longer than wide is refused (resizing its shorter side for a model would make it
+huge). Images are returned as RGB the way a person sees them: EXIF rotation applied, transparency composited
+over white, palette, CMYK and grey converted, 16-bit and float images rescaled (not clipped) to 8 bits.
 Imports neither torch nor timm.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -20,19 +26,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageFileError, InputSizeError
 
+# Pillow's names of the formats read (MPO, the multi-picture JPEG of phones, opens as JPEG)
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
+FORMAT_NAMES = "JPEG, PNG, WebP, TIFF, BMP, GIF or PPM"
+MAX_PIXELS = 50_000_000  # decoded at most (about 150 MB as RGB): 8000 x 6000 photos whole, a 200 MP JPEG at 1/2
+MAX_ASPECT = 100  # longer side / shorter side: beyond it, no picture a model can read (a 4 megapixel x 1 strip)
+
+# Pillow warns from 89 MP (and refuses from 179 MP) on its own; the limits above refuse or reduce such images
+# before they are decoded, so its warning would only repeat them (and reach a progress bar as a Python warning)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @cache
 def image_suffixes() -> frozenset[str]:
-    """Lower-case file suffixes of every format this Pillow can open (``.jpg``, ``.webp``, ``.tif`` ...)."""
+    """Lower-case file suffixes of the formats read (``.jpg``, ``.webp``, ``.tif`` ...)."""
     Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in FORMATS and fmt in Image.OPEN)
 
 
 def is_image_name(name: str | os.PathLike) -> bool:
-    """True when the file name has the suffix of a format Pillow opens."""
+    """True when the file name has the suffix of a format read (:data:`FORMATS`)."""
     return Path(name).suffix.lower() in image_suffixes()
 
 
@@ -80,9 +97,12 @@ def read_image(
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as im:
+        with Image.open(source, formats=FORMATS) as im:
+            limit_decode(im, label)
             im.load()  # decode now: a truncated file fails here, not later inside a transform
             return to_rgb(ImageOps.exif_transpose(im) if upright else im)
+    except ImageFileError:
+        raise
     except UnidentifiedImageError:
         raise ImageFileError(_unidentified(source, label)) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -93,6 +113,25 @@ def read_image(
             raise ImageFileError(f"{label} is {problem}: replace it with a complete copy") from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ImageFileError(f"{label} could not be decoded ({reason}): the file is truncated or corrupt") from None
+
+
+def limit_decode(im: Image.Image, label: str | os.PathLike) -> None:
+    """Refuse, from the header's size alone, an image that cannot be decoded within :data:`MAX_PIXELS` or is
+    more than :data:`MAX_ASPECT` times longer than wide; ask a JPEG over the limit for a reduced decode."""
+    width, height = im.size
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageFileError(f"{label} is {width}x{height} pixels, one side more than {MAX_ASPECT} times the other: no "
+                             "model input (resizing its shorter side would make it huge); crop it into tiles first")
+    if width * height <= MAX_PIXELS:
+        return
+    scale = next((s for s in (2, 4, 8) if (width // s) * (height // s) <= MAX_PIXELS), None)
+    if im.format == "JPEG" and scale is not None:
+        im.draft(im.mode, (width // scale, height // scale))  # decoded at 1/scale by the JPEG decoder itself
+        if im.size[0] * im.size[1] <= MAX_PIXELS:
+            return
+    raise ImageFileError(f"{label} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), more than the "
+                         f"{MAX_PIXELS // 1_000_000} MP decoded at most (a JPEG up to {64 * MAX_PIXELS // 1_000_000} "
+                         "MP is decoded at reduced scale): resize it first")
 
 
 def _unidentified(source, label) -> str:
@@ -111,7 +150,7 @@ def _unidentified(source, label) -> str:
     fmt = _format_of(head)
     if fmt:
         return f"{label} is a truncated {fmt} file (it ends inside its header): replace it with a complete copy"
-    return f"{label} is not an image Pillow can read: use JPEG, PNG, WebP, TIFF, BMP or GIF"
+    return f"{label} is not a {FORMAT_NAMES} image (the formats read, told by the contents, not the name)"
 
 
 def load_image(path: str | os.PathLike, min_side: int = 1) -> Image.Image:
@@ -134,7 +173,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode as 8-bit RGB: high bit depths rescaled, transparency over white."""
     if im.mode in _HIGH_DEPTH_MODES:
         # Pillow's convert clips 16-bit values at 255; rescale 0..65535 (or a float image in 0..1) instead
-        arr = np.asarray(im, dtype=np.float64)
+        arr = np.asarray(im, dtype=np.float32)
         if im.mode != "F":
             arr = arr / 257.0  # 0..65535 -> 0..255
         elif arr.max(initial=0.0) <= 1.0:

@@ -33,8 +33,8 @@ from .model import STEM_STRIDE
 def expand_inputs(inputs: Iterable[str | os.PathLike], skipped: list[Path] | None = None) -> list[Path]:
     """Files as given, folders as their image files (recursively, sorted), globs as their matches.
 
-    Files in folders that are not images Pillow reads are left out and, when ``skipped`` is given,
-    appended to it (hidden files aside), so a caller can say what it did not read.
+    Files in folders that are not images of the formats read (:data:`images.FORMATS`) are left out and, when
+    ``skipped`` is given, appended to it (hidden files aside), so a caller can say what it did not read.
     """
     paths: list[Path] = []
     for item in inputs:

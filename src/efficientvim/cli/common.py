@@ -13,6 +13,12 @@ from ..errors import CheckpointError, EfficientViMError
 MIN_IMG_SIZE = 64
 
 
+def printable(text: str) -> str:
+    """``text`` as it is when every character prints, else as a quoted Python string with its control characters
+    escaped (``'a\\nb.jpg'``): a file name holding a newline cannot forge a line of output."""
+    return text if text.isprintable() else repr(text)
+
+
 def _number(kind: type, text: str, low: float, inclusive: bool, what: str):
     try:
         value = kind(text)

@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size,
                             args.batch_size or 64, args.workers, args.amp, args.strict_data,
                             resolve_precision(args.precision, runtime=args.runtime), args.runtime)
-    print(f"{m['model']} at {m['img_size']}px on {m['images']} images: "
+    left_out = ""
+    if m["unreadable"]:
+        names = ", ".join(m["unreadable_files"][:5]) + (", ..." if m["unreadable"] > 5 else "")
+        left_out = f" ({m['unreadable']} unreadable left out: {names})"
+    print(f"{m['model']} at {m['img_size']}px on {m['images']} images{left_out}: "
           f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}")
     return 0

@@ -14,6 +14,7 @@ from .common import (
     input_size,
     model_from_args,
     positive_int,
+    printable,
     warn_if_random,
 )
 
@@ -49,15 +50,15 @@ def run(args: argparse.Namespace) -> int:
     warn_if_random(args)
     if skipped:
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        print(f"note: skipped {len(skipped)} files that are not images Pillow reads: "
-              f"{', '.join(map(str, skipped[:3]))}{more}", file=sys.stderr)
+        print(f"note: skipped {len(skipped)} files that are not images of the formats read: "
+              f"{', '.join(printable(str(p)) for p in skipped[:3])}{more}", file=sys.stderr)
     runner = inference_for(model, args.precision, args.runtime)
     results = classify_files(runner, paths, args.topk, args.batch_size, args.threads, args.full_resolution)
     if args.json:
         print(json.dumps(list(results), indent=2))
         return 0
     for result in results:
-        print(result["image"])
+        print(printable(result["image"]))  # a name holding a newline would forge a line of results
         for p in result["predictions"]:
-            print(f"  {p['rank']:>2}  {100 * p['probability']:6.2f}%  {p['label']}")
+            print(f"  {p['rank']:>2}  {100 * p['probability']:6.2f}%  {printable(p['label'])}")
     return 0

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..data import digits_split
 from ..errors import EfficientViMError, import_extra
-from ..images import is_image_name, read_image
+from ..images import FORMATS, is_image_name, limit_decode, read_image
 from .segmentation import IGNORE_INDEX
 
 TASKS = ("detection", "segmentation")
@@ -158,9 +158,15 @@ class SegmentationFolder(Dataset):
 
     @staticmethod
     def _read_mask(path: Path) -> torch.Tensor:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as im:
+        try:
+            im = Image.open(path, formats=FORMATS)
+        except UnidentifiedImageError:
+            raise EfficientViMError(f"mask {path} is not a PNG image: masks are single-channel class-index PNGs"
+                                    ) from None
+        with im:
+            limit_decode(im, f"mask {path}")
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise EfficientViMError(f"mask {path} is {im.mode}: masks must be single-channel class-index PNGs")
             array = np.asarray(im, dtype=np.int64)

@@ -26,12 +26,22 @@ from .distributed import (
 def evaluate(
     model: nn.Module, loader: DataLoader, d: Distributed, amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (%) and mean cross-entropy over ``loader``, summed over all processes."""
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over ``loader``, summed over all processes, on the
+    images that were read: a sample marked unreadable (target ``-1 - index``, see ``data.ImageFiles``) is left
+    out, counted in ``unreadable`` and named (this process's) in ``unreadable_files``."""
     was_training = model.training
     model.eval()
-    # correct@1, correct@5, loss sum, images; kept on the device so no batch waits on a host sync
-    sums = torch.zeros(4, dtype=torch.float64, device=d.device)
+    # correct@1, correct@5, loss sum, images, unreadable; on the device so no batch waits on a host sync
+    sums = torch.zeros(5, dtype=torch.float64, device=d.device)
+    left_out: list[int] = []
     for x, y in loader:
+        read = y >= 0
+        if not read.all():
+            left_out += [-1 - int(t) for t in y[~read]]
+            x, y = x[read], y[read]
+            sums[4] += int((~read).sum())
+            if not len(y):
+                continue
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         with torch.autocast(d.device.type, amp_dtype or torch.float32, amp_dtype is not None):
             logits = model(x)
@@ -44,8 +54,10 @@ def evaluate(
     model.train(was_training)
     sums = all_reduce_sum(sums, d)
     n = max(sums[3].item(), 1)
+    name = getattr(loader.dataset, "filename", str)
     return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
-            "images": int(sums[3].item())}
+            "images": int(sums[3].item()), "unreadable": int(sums[4].item()),
+            "unreadable_files": [name(i) for i in left_out]}
 
 
 class _Shard(torch.utils.data.Sampler):
@@ -115,5 +127,7 @@ def evaluate_checkpoint(
     model = inference_model(model, runtime, precision)
     metrics = evaluate(model, eval_loader(val_ds, batch_size, workers, d), d, amp_dtype_for(d.device, amp))
     close_distributed(d)
+    if not metrics["images"]:
+        raise DataError(f"none of the {metrics['unreadable']} images of {data} could be read: nothing to score")
     metrics.update(model=model.model_name, img_size=size)
     return metrics
