@@ -38,6 +38,11 @@ class RunLockError(EfficientViMError):
     """Another run is writing into the output folder."""
 
 
+class DistributedSetupError(EfficientViMError):
+    """Distributed variables that do not describe a run (WORLD_SIZE without torchrun, a rank out of range), or
+    processes that never joined."""
+
+
 class DiskFullError(EfficientViMError):
     """A file that could not be written for lack of space (an earlier file of that name is unchanged)."""
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import CheckpointError
+from .metadata import check_fields, check_model_args
 from .weights import SSD_OPTIONS, STAGE_LAYOUT, model_layout, save_weights
 from .writing import staging
 
@@ -136,6 +137,12 @@ def _read_config(path: Path) -> dict:
         raise CheckpointError(f"{path} is not readable JSON ({type(e).__name__}): the download may be broken") from None
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         raise CheckpointError(f"{path} does not name an architecture: not a timm or efficientvim model config")
+    check_fields(config, str(path))
+    check_model_args(config.get("model_args"), str(path))
+    cfg = config.get("pretrained_cfg")
+    if cfg is not None and not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} records pretrained_cfg = {str(cfg)[:40]!r}, which should be a mapping")
+    check_fields(cfg or {}, f"{path} pretrained_cfg")
     return config
 
 

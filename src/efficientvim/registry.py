@@ -14,8 +14,9 @@ from torch import nn
 
 from . import hub
 from .errors import CheckpointError, UnknownModelError
+from .metadata import check_fields
 from .model import EfficientViM, EfficientViMFeatures, per_stage
-from .weights import SSD_OPTIONS, Checkpoint, load_into
+from .weights import SSD_OPTIONS, Checkpoint, check_fits, load_into
 
 
 @dataclass(frozen=True)
@@ -175,21 +176,23 @@ def create_model(
         if saved_arch in (None, base):
             _layout_from_checkpoint(arch, ckpt, given=overridden)
 
+    def build() -> nn.Module:
+        if features_only:
+            return EfficientViMFeatures(in_chans=in_chans, drop_path_rate=drop_path_rate, **arch, **overrides)
+        ckpt_classes = ckpt.num_classes if ckpt is not None else None
+        classes = num_classes if num_classes is not None else (ckpt_classes or 1000)
+        return EfficientViM(in_chans=in_chans, num_classes=classes, drop_path_rate=drop_path_rate,
+                            distilled=cfg["distilled"], **arch, **overrides)
+
+    check_fields({**arch, "in_chans": in_chans, "num_classes": num_classes}, f"create_model({name!r})")
+    if ckpt is not None:  # the layout the file asks for must fit its tensors before memory is given to it
+        with torch.device("meta"):
+            probe = build()
+        check_fits(probe, ckpt, drop_heads=features_only or (
+            ckpt.num_classes is not None and ckpt.num_classes != probe.num_classes))
     # built directly on ``device`` (the meta device too: then to_empty() and init_weights())
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        if features_only:
-            model = EfficientViMFeatures(in_chans=in_chans, drop_path_rate=drop_path_rate, **arch, **overrides)
-        else:
-            ckpt_classes = ckpt.num_classes if ckpt is not None else None
-            classes = num_classes if num_classes is not None else (ckpt_classes or 1000)
-            model = EfficientViM(
-                in_chans=in_chans,
-                num_classes=classes,
-                drop_path_rate=drop_path_rate,
-                distilled=cfg["distilled"],
-                **arch,
-                **overrides,
-            )
+        model = build()
     model.model_name = base
     model.pretrained_cfg = {**_default_cfg(base, img_size, in_chans, getattr(model, "num_classes", 0)), **cfg_overlay}
     model.default_cfg = model.pretrained_cfg  # timm's older name for the same dict

@@ -26,6 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .errors import CheckpointError
+from .metadata import check_fields
 from .writing import write_bytes
 
 FORMAT_NAME = "efficientvim"
@@ -76,7 +77,7 @@ class Checkpoint:
                     "download or export it again"
                 ) from None
             if meta.get("format") == FORMAT_NAME:
-                self.metadata = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+                self.metadata = check_fields(_parsed(meta, path), f"checkpoint {path}")
             return state
         try:
             with warnings.catch_warnings():
@@ -111,7 +112,7 @@ class Checkpoint:
         # metadata sits beside the weights, or beside the state dicts of a training envelope
         meta = obj.get("metadata", envelope.get("metadata"))
         if isinstance(meta, Mapping):
-            self.metadata = dict(meta)
+            self.metadata = check_fields(meta, f"checkpoint {self.path}")
         return state
 
     @property
@@ -124,6 +125,20 @@ class Checkpoint:
     def num_classes(self) -> int | None:
         w = self.state_dict.get("heads.0.weight")
         return int(w.shape[0]) if w is not None else self.metadata.get("num_classes")
+
+
+def _parsed(header: Mapping[str, str], path: Path) -> dict:
+    """The JSON values of a ``save_weights`` header, or a CheckpointError naming the one that is not JSON."""
+    values = {}
+    for key, text in header.items():
+        if key == "format":
+            continue
+        try:
+            values[key] = json.loads(text)
+        except ValueError:
+            raise CheckpointError(f"checkpoint {path} records {key} = {text[:40]!r}, which is not JSON: the file's "
+                                  "metadata is damaged (save it again with save_weights)") from None
+    return values
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
@@ -220,6 +235,13 @@ def load_into(
     ``drop_heads`` leaves the MSF heads (and their fusion weights) as initialised, for
     fine-tuning on another number of classes or for feature extractors.
     """
+    state = check_fits(model, ckpt, drop_heads)
+    model.load_state_dict(state, strict=not drop_heads and hasattr(model, "heads"))
+
+
+def check_fits(model: nn.Module, ckpt: Checkpoint, drop_heads: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of ``ckpt`` as ``model`` takes it, or one CheckpointError naming the first mismatches
+    (``model`` may live on the meta device: only its shapes and dtypes are read)."""
     state = ckpt.state_dict
     if not any(k.startswith("patch_embed.") for k in state):
         sample = ", ".join(list(state)[:3])
@@ -235,6 +257,14 @@ def load_into(
     # a feature extractor owns no head and may own fewer stages: extra checkpoint keys are fine
     if not hasattr(model, "heads"):
         state = {k: v for k, v in state.items() if k in target}
+    # weights stored as bool or integers outside a quantized file would load as 0/1 or whole numbers: no model
+    not_float = [k for k, v in state.items() if k in target and target[k].is_floating_point()
+                 and not v.is_floating_point()]
+    if not_float:
+        k = not_float[0]
+        raise CheckpointError(f"checkpoint {ckpt.path} stores {len(not_float)} weights as integers or booleans "
+                              f"({k} is {str(state[k].dtype).removeprefix('torch.')}): EfficientViM weights are "
+                              "floating point; this is no float checkpoint of the model")
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
@@ -255,7 +285,7 @@ def load_into(
             layout = [f"{k} {v}" for k, v in ckpt.stage_layout.items() if v != tuple(getattr(model, k, ()))]
             hint = f"; the file holds {arch}" + (f" with {', '.join(layout)}" if layout else "")
         raise CheckpointError(f"checkpoint {ckpt.path} does not fit this model: {'; '.join(parts)}{hint}")
-    model.load_state_dict(state, strict=not drop_heads and hasattr(model, "heads"))
+    return state
 
 
 def _is_head(key: str) -> bool:

@@ -133,6 +133,7 @@ def train(cfg: TrainConfig, log=print, resume_changed: bool = False) -> TrainRes
     A run saved in ``cfg.output`` is resumed when its settings match ``cfg``; with other settings it is
     refused (naming the changes) unless ``resume_changed``.
     """
+    init_distributed()  # joined (or refused, or given up) before the output folder is touched
     with run_lock(Path(cfg.output), log):  # one run per output folder
         return _train(cfg, log, resume_changed)
 

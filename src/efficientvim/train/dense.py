@@ -196,6 +196,7 @@ def train_dense(cfg: DenseTrainConfig, log=print, resume_changed: bool = False) 
 
     A run saved in the output folder is resumed when its settings match ``cfg`` (else refused, unless
     ``resume_changed``), as for classification."""
+    init_distributed()  # joined (or refused, or given up) before the output folder is touched
     with run_lock(Path(cfg.default_output()), log):  # one run per output folder
         return _train_dense(cfg, log, resume_changed)
 

@@ -4,8 +4,11 @@ resumes mid-epoch, sums over processes, and DDP's gradient layout on channels-la
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
+
+from ..errors import DistributedSetupError
 
 
 @dataclass(frozen=True)
@@ -34,17 +39,75 @@ class Distributed:
         return self.world_size > 1
 
 
+JOIN_NOTICE_S = 10.0  # after this long without the group, say what the process waits for
+JOIN_TIMEOUT_S = 300.0  # and after this long (EFFICIENTVIM_JOIN_TIMEOUT), give up
+
+
 def init_distributed(device: str | None = None) -> Distributed:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA). Variables that
+    describe no run are refused in one line; waiting for the other processes is said after ``JOIN_NOTICE_S`` and
+    given up, with a message and exit code 2, after ``EFFICIENTVIM_JOIN_TIMEOUT`` seconds (default 300)."""
+    world, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world or local_rank < 0:
+        raise DistributedSetupError(f"RANK={rank} with WORLD_SIZE={world} describes no run: each of WORLD_SIZE "
+                                    "processes has a RANK from 0 to WORLD_SIZE-1 (torchrun sets both)")
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(v)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise DistributedSetupError(
+            f"WORLD_SIZE={world} asks for {world} processes, but {', '.join(missing)} {verb} not set: start the run "
+            f"with torchrun (torchrun --nproc-per-node={world} -m efficientvim train ...), or unset WORLD_SIZE to "
+            "train in one process")
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        with _bounded_wait(f"rank {rank} waits for all {world} processes (WORLD_SIZE) to join at {where}"):
+            dist.init_process_group("nccl" if use_cuda else "gloo")
     return Distributed(rank, world, local_rank, dev)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise DistributedSetupError(f"{name}={text!r} is not a whole number: torchrun sets it; unset it to train "
+                                    "in one process") from None
+
+
+@contextlib.contextmanager
+def _bounded_wait(what: str) -> Iterator[None]:
+    """Say ``what`` once the wait is long, and end the process with a message when it is too long: joining a
+    process group blocks inside torch, where no Python exception can reach it."""
+    text = os.environ.get("EFFICIENTVIM_JOIN_TIMEOUT", "")
+    try:
+        limit = float(text) if text.strip() else JOIN_TIMEOUT_S
+    except ValueError:
+        raise DistributedSetupError(f"EFFICIENTVIM_JOIN_TIMEOUT={text!r} is not a number of seconds") from None
+
+    def notice() -> None:
+        print(f"note: {what} (giving up after {limit:.0f} s)", file=sys.stderr, flush=True)
+
+    def give_up() -> None:
+        print(f"efficientvim: error: gave up after {limit:.0f} s: {what}, and they did not come (are the other "
+              "processes started, with the same MASTER_ADDR and MASTER_PORT? is WORLD_SIZE right?)",
+              file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timers = [threading.Timer(min(JOIN_NOTICE_S, limit / 2), notice), threading.Timer(limit, give_up)]
+    for t in timers:
+        t.daemon = True
+        t.start()
+    try:
+        yield
+    finally:
+        for t in timers:
+            t.cancel()
 
 
 def close_distributed(d: Distributed) -> None:

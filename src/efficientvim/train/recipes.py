@@ -233,12 +233,22 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML config file's mapping, or a one-line ConfigError."""
+    """A YAML config file's mapping, or a one-line ConfigError. Aliases (``*name``) are refused: a config
+    needs none, and a few hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
     import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                line = event.start_mark.line + 1
+                raise ConfigError(f"config file {path} uses the alias *{event.anchor} (line {line}): aliases are "
+                                  "not read in configs; write the value out")
+            return super().compose_node(parent, index)
 
     try:
         with open(path) as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.load(f, Loader=NoAliases) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
