@@ -38,6 +38,10 @@ class RunLockError(EfficientViMError):
     """Another run is writing into the output folder."""
 
 
+class ConfigError(EfficientViMError, ValueError):
+    """An unknown recipe, config key or setting, or a malformed config file or environment variable."""
+
+
 class DistributedSetupError(EfficientViMError):
     """Distributed variables that do not describe a run (WORLD_SIZE without torchrun, a rank out of range), or
     processes that never joined."""

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 # Token count below which a 1x1 projection runs as F.linear rather than a oneDNN 1x1 conv.
 SMALL_GEMM_TOKENS = 1024
 # Most rows (tokens) for which a projection uses MKL's pre-packed GEMM (batch-1 sizes); above
@@ -80,7 +82,8 @@ def cpu_vendor() -> str:
 GEMM_LIBRARY = os.environ.get("EFFICIENTVIM_GEMM") or (
     "onednn" if cpu_vendor() == "AuthenticAMD" and MKLDNN_PACKED else "mkl")
 if GEMM_LIBRARY not in ("mkl", "onednn"):
-    raise ValueError(f"EFFICIENTVIM_GEMM={GEMM_LIBRARY!r}: use mkl or onednn")
+    raise ConfigError(f"EFFICIENTVIM_GEMM={GEMM_LIBRARY!r} names no GEMM library: set it to mkl or onednn, or unset "
+                      "it to let the CPU choose")
 
 
 class PackedWeights(dict):

@@ -21,7 +21,7 @@ MAX_DEPTH = 64  # blocks of a stage (the paper's deepest is 2)
 MAX_STATES = 1024  # hidden states of a stage (the paper's most is 64)
 MAX_CLASSES = 100_000  # ImageNet-22k has 21,843
 MAX_CHANNELS = 64  # input channels
-MAX_SIDE = 8192  # pixels of an input side (4096 is the largest the docs measure)
+MAX_SIDE = 4096  # pixels of a model input side (the largest the docs measure: one 4096 x 4096 image, 9 GB)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 

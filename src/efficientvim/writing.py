@@ -227,4 +227,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     except OSError as e:
         if is_disk_full(e):
             raise disk_full(path, len(data)) from None
+        if e.errno == errno.ELOOP:
+            raise EfficientViMError(f"{path} is a link: a log is never written through a link (it could point "
+                                    "anywhere); remove it") from None
         raise

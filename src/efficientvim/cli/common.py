@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CheckpointError, EfficientViMError
+from ..metadata import MAX_SIDE
 
 # the total stride of every EfficientViM (stem 16, two stride-2 downsamples): the smallest input side
 MIN_IMG_SIZE = 64
@@ -55,7 +56,11 @@ def fraction(text: str) -> float:
 
 
 def input_size(text: str) -> int:
-    return _number(int, text, MIN_IMG_SIZE, True, f"at least {MIN_IMG_SIZE} (the network's total stride)")
+    value = _number(int, text, MIN_IMG_SIZE, True, f"at least {MIN_IMG_SIZE} (the network's total stride)")
+    if value > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIDE} (a {MAX_SIDE} x {MAX_SIDE} image already "
+                                         f"takes gigabytes; --full-resolution reads large images at their own size)")
+    return value
 
 
 def _can_create_in(folder: Path) -> bool:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..writing import append_line, write_figure, write_text
+from ..writing import append_line, disk_full, is_disk_full, write_figure, write_text
 
 if TYPE_CHECKING:  # annotations only: the loop imports this module
     from .loop import FitResult
@@ -42,6 +43,9 @@ class MetricsLog:
                   "'efficientvim[tensorboard]')", file=sys.stderr)
             return
         self.writer = SummaryWriter(str(output / "tensorboard"))
+        # its writer thread prints a traceback when the disk is full, then the next call raises: that call says it
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._quiet_full_disk
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -49,15 +53,32 @@ class MetricsLog:
         self.records.append(record)
         append_line(self.path, json.dumps(record))
         if self.writer is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, int | float):
-                    self.writer.add_scalar(key, value, record["epoch"])
-            self.writer.flush()
+            try:
+                for key, value in record.items():
+                    if key != "epoch" and isinstance(value, int | float):
+                        self.writer.add_scalar(key, value, record["epoch"])
+                self.writer.flush()
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                self.close()
+                raise disk_full(self.output / "tensorboard" / "events.out.tfevents", None) from None
         plot_curves(self.records, self.output / "curves.png", self.metrics_title, self.hidden)
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+            finally:
+                threading.excepthook = self._excepthook
+
+    def _quiet_full_disk(self, args: threading.ExceptHookArgs) -> None:
+        if not (is_disk_full(args.exc_value) and type(args.thread).__module__.startswith("tensorboard")):
+            self._excepthook(args)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -18,13 +18,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EfficientViMError
+from ..errors import ConfigError
+from ..metadata import MAX_SIDE
 
 MIN_IMG_SIZE = 64  # the total stride of every EfficientViM
-
-
-class ConfigError(EfficientViMError, ValueError):
-    """An unknown recipe, config key or malformed config file."""
 
 
 @dataclass
@@ -220,8 +217,9 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
         raise ConfigError("MESA distils from the EMA model: keep ema on or set mesa to 0")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1:
         raise ConfigError("epochs, batch_size and accum_steps must be at least 1")
-    if cfg.img_size < MIN_IMG_SIZE:
-        raise ConfigError(f"img_size must be at least {MIN_IMG_SIZE} (the network's total stride), not {cfg.img_size}")
+    if not MIN_IMG_SIZE <= cfg.img_size <= MAX_SIDE:
+        raise ConfigError(f"img_size must be from {MIN_IMG_SIZE} (the network's total stride) to {MAX_SIDE}, not "
+                          f"{cfg.img_size}")
     if (cfg.lr is not None and not cfg.lr >= 0) or not cfg.lr_base > 0:
         given = cfg.lr if cfg.lr is not None else cfg.lr_base
         raise ConfigError(f"lr must be 0 or more and lr_base positive, not {given}")
