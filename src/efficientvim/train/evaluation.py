@@ -4,6 +4,8 @@ with the model's own eval preprocessing; a checkpoint scored in the runtime and 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,6 +122,8 @@ def evaluate_checkpoint(
     size = img_size or cfg["input_size"][-1]
     _, val_ds, classes = build_datasets(data, dataset, val_transform=eval_transform(size, cfg), strict=strict_data,
                                         need_train=False, val_classes=cfg.get("label_names"))
+    for line in getattr(val_ds, "describe", lambda split: [])("val")[1:]:  # files the scan did not take, and why
+        print(f"note: {line}", file=sys.stderr)
     if len(classes) != model.num_classes:
         raise DataError(f"{checkpoint} predicts {model.num_classes} classes but the data has {len(classes)}")
     if runtime == "eager":
