@@ -124,3 +124,29 @@ def test_the_duplicates_tool_finds_at_most_one_pair_in_src():
     first = out.splitlines()[0]
     pairs = 0 if first.startswith("no duplicates") else int(first.split()[0])
     assert pairs <= 1, out
+
+
+# where a file may be written other than through efficientvim.writing, and why
+DIRECT_WRITERS = {
+    "writing.py": "the writer itself",
+    "export/fixed_shape.py": "into the private folder of @written_whole",
+    "export/executorch.py": "into the private folder of @written_whole",
+    "export/coreml.py": "into the private folder of @written_whole",
+    "export/torchscript.py": "into the private folder of @written_whole",
+    "export/litert.py": "into the private folder of @written_whole",
+    "hub.py": "into the private folder of staging()",
+    "train/checkpoints.py": "the run lock, created exclusively; torch.save into replacing()",
+    "bench/runners.py": "the benchmark's own temporary folder",
+    "cli/__init__.py": "stdout to /dev/null after a broken pipe",
+}
+
+
+def test_files_are_written_through_the_one_writer():
+    import re
+
+    write = re.compile(r"\.write_(text|bytes)\(|\bopen\([^)]*[\"'][wax]b?\+?[\"']|\.savefig\(|\btorch\.save\(\w+,|"
+                       r"\bos\.replace\(|os\.fdopen\([^)]*[\"'][wa]")
+    writers = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if write.search(p.read_text())}
+    unexplained = sorted(writers - set(DIRECT_WRITERS))
+    assert not unexplained, f"write through efficientvim.writing (or say why not in DIRECT_WRITERS): {unexplained}"
+    assert "writing.py" in writers  # the pattern still finds writes

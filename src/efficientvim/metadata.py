@@ -77,7 +77,7 @@ _SIDE = _int(1, MAX_SIDE)
 # what each field may hold; a field not named here is kept as it is (it builds nothing)
 FIELDS: dict[str, Callable[[object], str | None]] = {
     "architecture": _string,
-    "num_classes": _int(1, MAX_CLASSES),
+    "num_classes": _int(0, MAX_CLASSES),  # 0: a model without a classifier (timm's convention)
     "in_chans": _CHANNELS,
     "input_size": _list_of(_SIDE, f"[channels, height, width], sides of 1 to {MAX_SIDE} pixels", (3,)),
     "crop_pct": _number(0.0, 1.0, low_open=True),
@@ -107,21 +107,23 @@ MODEL_ARGS = ("embed_dim", "depths", "state_dim", "num_heads", "mixer_depth", "s
               "num_classes", "drop_path_rate", "drop_rate", "mlp_ratio", "ssd_expand", "global_pool")
 
 
-def check_fields(values: Mapping, where: str) -> dict:
+def check_fields(values: Mapping, where: str, says: str = "records") -> dict:
     """``values`` (metadata or a config) with every known field checked: one CheckpointError naming the first
-    field that is not what it should be, else the values as a dict. Layout lists must also agree in length."""
+    field that is not what it should be ("``where`` ``says`` key = value, which should be ..."), else the values
+    as a dict. Layout lists must also agree in length."""
     for key, check in FIELDS.items():
         if values.get(key) is None:
             continue
         problem = check(values[key])
         if problem:
-            raise CheckpointError(f"{where} records {key} = {_shown(values[key])}, which should be {problem}: the "
-                                  "file is damaged or was not written for EfficientViM")
+            raise CheckpointError(f"{where} {says} {key} = {_shown(values[key])}, which should be {problem}"
+                                  + (": the file is damaged or was not written for EfficientViM"
+                                     if says == "records" else ""))
     lengths = {k: len(values[k]) for k in ("embed_dim", "depths", "state_dim", "num_heads", "mixer_depth",
                                             "state_passing") if values.get(k) is not None}
     if len(set(lengths.values())) > 1:
-        raise CheckpointError(f"{where} records stage lists of different lengths "
-                              f"({', '.join(f'{k} {n}' for k, n in lengths.items())}): the file is damaged")
+        raise CheckpointError(f"{where} {says} stage lists of different lengths "
+                              f"({', '.join(f'{k} {n}' for k, n in lengths.items())}): one value per stage")
     names, classes = values.get("class_names") or values.get("label_names"), values.get("num_classes")
     if names and classes is not None and len(names) != classes:
         raise CheckpointError(f"{where} records {len(names)} class names for {classes} classes: the file is damaged")

@@ -184,7 +184,7 @@ def create_model(
         return EfficientViM(in_chans=in_chans, num_classes=classes, drop_path_rate=drop_path_rate,
                             distilled=cfg["distilled"], **arch, **overrides)
 
-    check_fields({**arch, "in_chans": in_chans, "num_classes": num_classes}, f"create_model({name!r})")
+    check_fields({**arch, "in_chans": in_chans, "num_classes": num_classes}, f"create_model({name!r})", "asks for")
     if ckpt is not None:  # the layout the file asks for must fit its tensors before memory is given to it
         with torch.device("meta"):
             probe = build()
