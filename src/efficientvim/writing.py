@@ -34,6 +34,7 @@ from typing import BinaryIO
 from .errors import DiskFullError, EfficientViMError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL = 256 * 1024  # bytes left when a writer that failed is taken to have filled the disk
 # what libraries that write through their own C++ say when the disk is full (torch's stream writer, protobuf)
 _FULL_WORDS = ("no space left", "file write failed", "disk quota")
 
@@ -170,7 +171,10 @@ def staging(folder: str | os.PathLike, what: str | os.PathLike | None = None) ->
                 raise
             raise type(e)(text) from None
         except BaseException as e:
-            if not is_disk_full(e):
+            # native writers say a full disk in their own words (OpenVINO: "basic_ios::clear: iostream error"):
+            # a library error with no space left in the folder is one too
+            native = isinstance(e, (OSError, RuntimeError)) and free_space(private) < NEARLY_FULL
+            if not (is_disk_full(e) or native):
                 raise
             written = _tree_size(private)
             shutil.rmtree(private, ignore_errors=True)  # first, so that the free space shown is the real one

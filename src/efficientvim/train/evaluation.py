@@ -56,7 +56,7 @@ def evaluate(
     model.train(was_training)
     sums = all_reduce_sum(sums, d)
     n = max(sums[3].item(), 1)
-    name = getattr(loader.dataset, "filename", str)
+    name = getattr(getattr(loader, "dataset", None), "filename", str)
     return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
             "images": int(sums[3].item()), "unreadable": int(sums[4].item()),
             "unreadable_files": [name(i) for i in left_out]}
