@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..errors import EfficientViMError
+from .bulk import add_bulk_args, run_bulk_command
 from .common import (
     add_model_args,
     add_runtime_args,
@@ -18,7 +19,7 @@ from .common import (
     warn_if_random,
 )
 
-HELP = "classify images (files, folders, globs) and print the top-k classes"
+HELP = "classify images (files, folders, globs) and print the top-k classes, or write them to Parquet (--output)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +35,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "images: satellite, medical, scans; HSM-SSD's cost grows linearly with the pixels)")
     p.add_argument("--threads", type=positive_int,
                    help="image decoding threads (default: up to 4, one per core)")
+    add_bulk_args(p, required=False)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output is not None:  # bulk: Parquet rows, resumable, errors as rows
+        wrong = [o for o, v in (("--json", args.json), ("--full-resolution", args.full_resolution)) if v]
+        if wrong or len(args.images) != 1:
+            extra = f" and not {', '.join(wrong)}" if wrong else ""
+            raise EfficientViMError(f"--output takes one SOURCE (a folder, listing or glob){extra}")
+        args.source = args.images[0]
+        return run_bulk_command(args, "predict", args.topk)
+    bulk_only = [o for o, v in (("--overwrite", args.overwrite), ("--engine", args.engine != "local"),
+                                ("--address", args.address), ("--quiet", args.quiet)) if v]
+    if bulk_only:
+        raise EfficientViMError(f"{', '.join(bulk_only)} applies with --output (bulk prediction to Parquet)")
     from ..predict import check_images, classify_files, expand_inputs, set_input_size
 
     skipped: list = []
