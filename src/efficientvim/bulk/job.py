@@ -94,22 +94,36 @@ class Job:
 
 
 class Preprocess:
-    """A file (path or URI) -> the model's input tensor, or the one-line reason it cannot be one."""
+    """A file (path or URI) -> the model's input tensor, or the one-line reason it cannot be one. In two steps where
+    they run apart (Ray): :meth:`pixels` (decode, resize, crop: a uint8 HxWxC array, a quarter of the floats) and
+    :meth:`finish` (to a normalised tensor), which together are the model's own transform, exactly."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.transform = make_transform(model)
+        from torchvision import transforms
+
+        steps = make_transform(model).transforms
+        self.resize, self.normalize = transforms.Compose(steps[:-2]), transforms.Compose(steps[-2:])
         self.min_side = min_image_side(model)
 
     def __call__(self, path: str) -> tuple[torch.Tensor | None, str | None]:
+        pixels, error = self.pixels(path)
+        return (self.finish(pixels) if pixels is not None else None), error
+
+    def pixels(self, path: str) -> tuple[np.ndarray | None, str | None]:
         try:
             image = read_image(read_bytes(path), name=path) if "://" in path else load_image(path, self.min_side)
             if min(image.size) < self.min_side:
                 raise EfficientViMError(f"{path} is {image.width}x{image.height} pixels, too small: the model needs "
                                         f"a shorter side of at least {self.min_side} px")
-            return self.transform(image), None
+            return np.asarray(self.resize(image)), None
         except (EfficientViMError, OSError) as e:
             text = " ".join((str(e) or type(e).__name__).split())
             return None, text if path in text else f"{path}: {text}"
+
+    def finish(self, pixels: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        return self.normalize(Image.fromarray(pixels))
 
 
 class Inference:

@@ -71,13 +71,9 @@ class Output:
             raise OutputMismatchError(f"{self.out} holds {recorded.get('task')} rows of another job "
                                       f"({'; '.join(changes)}): choose another output, or --overwrite to start again")
 
-    def part_name(self, paths: Sequence[str]) -> Path:
-        digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
-        return self.parts / f"part-{digest}.parquet"
-
     def write_part(self, table: pa.Table, metadata: dict[bytes, bytes]) -> Path:
         """``table`` as a new part (whole or not at all), its job in the schema metadata."""
-        return write_part(self.part_name(table.column("path").to_pylist()), table, metadata)
+        return write_part(part_path(self.parts, table.column("path").to_pylist()), table, metadata)
 
     def finish(self) -> int:
         """Join the parts into OUT when it is one file (the parts folder then removed); the number of rows."""
@@ -93,6 +89,11 @@ class Output:
             pq.write_table(table.replace_schema_metadata(metadata), f)
         shutil.rmtree(self.parts, ignore_errors=True)
         return table.num_rows
+
+
+def part_path(folder: Path, paths: Sequence[str]) -> Path:
+    """A part's file: named by a hash of the paths it holds (the same rows, written again, replace themselves)."""
+    return folder / f"part-{hashlib.sha1(chr(10).join(paths).encode()).hexdigest()[:16]}.parquet"
 
 
 def write_part(path: Path, table: pa.Table, metadata: dict[bytes, bytes]) -> Path:
