@@ -81,9 +81,18 @@ class Job:
 
     def differences(self, recorded: dict) -> list[str]:
         """What ``recorded`` (an earlier part's job) computes otherwise than this job, in words."""
-        mine = self.identity()
-        return [f"{k} {recorded.get(k)!r} -> {mine[k]!r}" if k != "weights_sha256" else
-                f"weights {str(recorded.get(k))[:12]} -> {mine[k][:12]}" for k in mine if recorded.get(k) != mine[k]]
+        mine, changes = self.identity(), []
+        for key, value in mine.items():
+            was = recorded.get(key)
+            if was == value:
+                continue
+            if key == "weights_sha256":
+                changes.append(f"weights {str(was)[:12]} -> {value[:12]}")
+            elif isinstance(value, dict) and isinstance(was, dict):
+                changes += [f"{k} {was.get(k)} -> {value.get(k)}" for k in value if was.get(k) != value.get(k)]
+            else:
+                changes.append(f"{key} {was} -> {value}")
+        return changes
 
     def metadata(self, runtime: str, precision: str, engine: str) -> dict[bytes, bytes]:
         from .. import __version__
