@@ -222,6 +222,7 @@ RAY_SCRIPT = r"""
 set -e
 ip link set lo up
 export PYTHONPATH={src} RAY_ADDRESS= OMP_NUM_THREADS=1
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}  # the cluster's token, for every node and the job
 ev() {{ {python} -m efficientvim "$@"; }}
 case {scenario} in
 local)
@@ -237,10 +238,11 @@ kill)
     ev embed {many} --checkpoint {ckpt} --output {tmp}/killed --img-size 64 --engine ray --rows-per-part 16 -q &
     job=$!
     for i in $(seq 1 600); do
-        if ls {tmp}/killed/part-*.parquet >/dev/null 2>&1 && pgrep -f 'ray::MapWorker' >/dev/null; then break; fi
+        if ls {tmp}/killed/part-*.parquet >/dev/null 2>&1 && pgrep -f '^ray::MapWorker' >/dev/null; then break; fi
         sleep 0.1
     done
-    pkill -9 -f 'ray::MapWorker' && echo killed a worker
+    echo "parts before the kill: $(ls {tmp}/killed | grep -c '^part-')"
+    pkill -9 -f '^ray::MapWorker' && echo killed a worker
     wait $job ;;
 esac
 """
@@ -251,7 +253,10 @@ def ray_job(scenario: str, tmp_path: Path, **paths: Path) -> subprocess.Complete
     if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
         pytest.skip("Ray runs in a private network namespace (unshare -n), which needs root (CI runs as root)")
     ray = Path(sys.executable).with_name("ray")
+    import secrets
+
     script = RAY_SCRIPT.format(src=SRC, python=sys.executable, ray=ray, scenario=scenario, tmp=tmp_path,
+                               token=secrets.token_hex(32),
                                **{k: str(v) for k, v in paths.items()})
     return subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=400)
 
@@ -298,5 +303,7 @@ def test_a_killed_ray_worker_loses_no_path_and_repeats_none(tmp_path, checkpoint
     result = ray_job("kill", tmp_path, photos=many, ckpt=checkpoint, many=many)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "killed a worker" in result.stdout
+    before = int(result.stdout.split("parts before the kill: ")[1].split()[0])
+    assert 1 <= before < 10, "the worker must die half way (10 parts of 16 paths in all)"
     assert sorted(rows(tmp_path / "killed")) == sorted(str(p) for p in many.iterdir())
     shutil.rmtree(many)

@@ -36,6 +36,7 @@ def run_ray(job: Job, model, todo: Sequence[str], output: Output, *, runtime: st
         cpus = int(ray.cluster_resources().get("CPU", 1))
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = gpus if gpus and runtime == "eager" else max(1, cpus // 2)  # the other half decodes
+        share = 1 if cpus >= 2 else 0.5  # a one-CPU cluster: the actor and the decode tasks take half each
         preprocess = Preprocess(model)
         model_ref = ray.put(model.cpu())  # once in the object store; each actor reads it (held here until the end)
         items = ray.data.from_items([{"path": p} for p in todo],
@@ -43,11 +44,11 @@ def run_ray(job: Job, model, todo: Sequence[str], output: Output, *, runtime: st
         # decoded in CPU tasks of their own: their memory (a block of pixels) differs from the actors', so Ray
         # does not fuse the two (the actors would then decode too)
         decoded = items.map_batches(_decode, fn_kwargs={"preprocess": preprocess}, batch_format="numpy",
-                                    batch_size=None, memory=rows_per_part * _pixel_bytes(model))
+                                    batch_size=None, num_cpus=share, memory=rows_per_part * _pixel_bytes(model))
         rows = decoded.map_batches(
             _Infer, fn_constructor_kwargs={"model": [model_ref], "job": job, "runtime": runtime, "precision": precision,
                                            "batch_size": batch_size, "preprocess": preprocess},
-            batch_format="numpy", batch_size=None, num_gpus=1 if gpus and runtime == "eager" else 0, num_cpus=1,
+            batch_format="numpy", batch_size=None, num_gpus=1 if gpus and runtime == "eager" else 0, num_cpus=share,
             **actor_pool(ray, actors))  # Ray Data restarts a dead actor and retries its tasks by itself
         before = {p.name for p in output.parts.glob(PART_GLOB)} if output.parts.is_dir() else set()
         output.parts.mkdir(parents=True, exist_ok=True)

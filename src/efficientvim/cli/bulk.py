@@ -55,4 +55,4 @@ def run_bulk_command(args: argparse.Namespace, task: str, topk: int = 5) -> int:
 def import_pyarrow() -> None:
     from ..errors import import_extra
 
-    import_extra("pyarrow", "ray", "Writing Parquet")
+    import_extra("pyarrow", "parquet", "Writing Parquet")
