@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from ray.data.datasource import Datasink
 
+from ..errors import EfficientViMError
 from .job import Inference, Job, Preprocess
 from .output import PART_GLOB, Output, part_path, write_part
 
@@ -39,8 +40,9 @@ def run_ray(job: Job, model, todo: Sequence[str], output: Output, *, runtime: st
         share = 1 if cpus >= 2 else 0.5  # a one-CPU cluster: the actor and the decode tasks take half each
         preprocess = Preprocess(model)
         model_ref = ray.put(model.cpu())  # once in the object store; each actor reads it (held here until the end)
-        items = ray.data.from_items([{"path": p} for p in todo],
-                                    override_num_blocks=max(1, math.ceil(len(todo) / rows_per_part)))
+        # blocks of at most rows_per_part paths, and enough of them (4 per CPU) for every CPU to have work
+        block = min(rows_per_part, max(batch_size, math.ceil(len(todo) / (4 * cpus))))
+        items = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=math.ceil(len(todo) / block))
         # decoded in CPU tasks of their own: their memory (a block of pixels) differs from the actors', so Ray
         # does not fuse the two (the actors would then decode too)
         decoded = items.map_batches(_decode, fn_kwargs={"preprocess": preprocess}, batch_format="numpy",
@@ -72,12 +74,31 @@ def _connect(ray, address: str | None) -> bool:
         return False
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # its start-up notes are not the user's business
     if address:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        _reachable(address)
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise EfficientViMError(f"could not join the Ray cluster at {address} ({' '.join(str(e).split())[:200]}):"
+                                    " is it running (ray start --head), and is the address right?") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
                  log_to_driver=False, _node_ip_address="127.0.0.1")
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     return True
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse in one line a HOST:PORT nobody answers at (ray.init would retry it for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise EfficientViMError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): start one "
+                                "(ray start --head) or check --address / RAY_ADDRESS") from None
 
 
 def actor_pool(ray, size: int) -> dict:
