@@ -307,3 +307,22 @@ def test_a_killed_ray_worker_loses_no_path_and_repeats_none(tmp_path, checkpoint
     assert 1 <= before < 10, "the worker must die half way (10 parts of 16 paths in all)"
     assert sorted(rows(tmp_path / "killed")) == sorted(str(p) for p in many.iterdir())
     shutil.rmtree(many)
+
+
+def test_a_ray_address_nobody_answers_at_is_one_line_within_seconds(tmp_path, photos, checkpoint):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a free loopback port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    result = cli("embed", str(photos), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"),
+                 "--engine", "ray", "--address", f"127.0.0.1:{port}", timeout=120)
+    assert time.monotonic() - start < 60
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: no Ray cluster answers at 127.0.0.1:{port} (Connection refused)" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert "--address joins a Ray cluster: add --engine ray" in cli(
+        "embed", str(photos), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), "--address",
+        f"127.0.0.1:{port}").stderr
