@@ -261,15 +261,21 @@ def ray_job(scenario: str, tmp_path: Path, **paths: Path) -> subprocess.Complete
     return subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=400)
 
 
-def test_ray_predicts_what_the_local_engine_predicts(tmp_path, photos, checkpoint):
-    result = ray_job("local", tmp_path, photos=photos, ckpt=checkpoint, many=photos)
+def ray_and_local(scenario: str, task: str, out: str, tmp_path: Path, photos: Path, checkpoint: Path):
+    """(the Ray job's run, its rows, the local engine's rows for the same job): every path in both."""
+    result = ray_job(scenario, tmp_path, photos=photos, ckpt=checkpoint, many=photos)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith(f"{GOOD + len(BAD)} rows in {tmp_path}/ray")
-    local = cli("predict", str(photos), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "local"),
+    local = cli(task, str(photos), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "local"),
                 "--img-size", "96", "-q")
     assert local.returncode == 0
-    by_ray, by_local = rows(tmp_path / "ray"), rows(tmp_path / "local")
+    by_ray, by_local = rows(tmp_path / out), rows(tmp_path / "local")
     assert sorted(by_ray) == sorted(by_local)
+    return result, by_ray, by_local
+
+
+def test_ray_predicts_what_the_local_engine_predicts(tmp_path, photos, checkpoint):
+    result, by_ray, by_local = ray_and_local("local", "predict", "ray", tmp_path, photos, checkpoint)
+    assert result.stdout.strip().endswith(f"{GOOD + len(BAD)} rows in {tmp_path}/ray")
     for path, row in by_local.items():
         assert by_ray[path]["topk_labels"] == row["topk_labels"] and by_ray[path]["error"] == row["error"]
         if row["probability"] is not None:
@@ -277,14 +283,8 @@ def test_ray_predicts_what_the_local_engine_predicts(tmp_path, photos, checkpoin
 
 
 def test_ray_on_a_two_node_cluster_embeds_what_the_local_engine_embeds(tmp_path, photos, checkpoint):
-    result = ray_job("cluster", tmp_path, photos=photos, ckpt=checkpoint, many=photos)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, by_ray, by_local = ray_and_local("cluster", "embed", "cluster", tmp_path, photos, checkpoint)
     assert "nodes 2" in result.stdout
-    local = cli("embed", str(photos), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "local"),
-                "--img-size", "96", "-q")
-    assert local.returncode == 0
-    by_ray, by_local = rows(tmp_path / "cluster"), rows(tmp_path / "local")
-    assert sorted(by_ray) == sorted(by_local)
     for path, row in by_local.items():
         if row["embedding"] is None:
             assert by_ray[path]["embedding"] is None and by_ray[path]["error"] == row["error"]
