@@ -78,7 +78,7 @@ class Output:
     def finish(self) -> int:
         """Join the parts into OUT when it is one file (the parts folder then removed); the number of rows."""
         parts = self.existing()
-        if not self.single:
+        if not self.single or parts == [self.out]:  # a folder, or one file with nothing new: left as it is
             return sum(pq.read_metadata(p).num_rows for p in parts)
         tables = [pq.read_table(p) for p in parts]
         if not tables:
