@@ -224,14 +224,15 @@ def test_tensorboard_on_a_full_disk_is_one_error_without_a_thread_traceback(tmp_
 # 3. small hostile inputs cannot exhaust memory or hang
 
 
-def _png(path: Path, width: int, height: int, bit_depth: int = 8) -> Path:
-    """A grey PNG of zeros written row by row (a tiny file that decodes huge), without holding its pixels."""
+def _png(path: Path, width: int, height: int, bit_depth: int = 8, rows: int | None = None) -> Path:
+    """A grey PNG of zeros written row by row (a tiny file that decodes huge), without holding its pixels;
+    ``rows``: how many rows its data holds (fewer than ``height``: only its header is whole)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     row = b"\0" * (1 + width * bit_depth // 8)
     packer = zlib.compressobj(9)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    body = b"".join(packer.compress(row) for _ in range(height if rows is None else rows)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return path
@@ -261,6 +262,8 @@ for name, path in json.loads(sys.argv[1]).items():
         out[name] = str(e)
 print(json.dumps(out))
 """
+    # a 30000 x 30000 PNG header and one row of data: Pillow's own limit refuses it when it opens the file
+    files["bomb"] = _png(tmp_path / "bomb.png", 30000, 30000, rows=1)
     paths = {k: str(v) for k, v in files.items()} | {"large": str(tmp_path / "large.jpg")}
     result = subprocess.run([sys.executable, "-c", child, json.dumps(paths)], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=120)
@@ -272,6 +275,8 @@ print(json.dumps(out))
     assert out["deep"].startswith(f"{files['deep']} is 8000x8000 pixels (64 MP), more than the 50 MP decoded")
     assert out["eps"] == (f"{files['eps']} is not a JPEG, PNG, WebP, TIFF, BMP, GIF or PPM image (the formats read, "
                           "told by the contents, not the name)")
+    assert out["bomb"] == (f"{files['bomb']} is too large to decode (Image size (900000000 pixels) exceeds limit "
+                           "of 178956970 pixels): resize it first")
     assert out["large"][0] == [6000, 4500]  # decoded at half scale by the JPEG decoder
     assert all(abs(a - b) <= 3 for a, b in zip(out["large"][1], (200, 30, 30), strict=True))
 

@@ -105,7 +105,10 @@ def read_image(
         raise
     except UnidentifiedImageError:
         raise ImageFileError(_unidentified(source, label)) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # beyond Pillow's own limit, checked when it opens a file
+        size = str(e).split(", could be")[0]
+        raise ImageFileError(f"{label} is too large to decode ({size}): resize it first") from None
+    except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
         problem = file_problem(source) if isinstance(source, (str, os.PathLike)) else None
@@ -130,8 +133,15 @@ def limit_decode(im: Image.Image, label: str | os.PathLike) -> None:
         if im.size[0] * im.size[1] <= MAX_PIXELS:
             return
     raise ImageFileError(f"{label} is {width}x{height} pixels ({width * height / 1e6:.0f} MP), more than the "
-                         f"{MAX_PIXELS // 1_000_000} MP decoded at most (a JPEG up to {64 * MAX_PIXELS // 1_000_000} "
+                         f"{MAX_PIXELS // 1_000_000} MP decoded at most (a JPEG up to {largest_jpeg() // 1_000_000} "
                          "MP is decoded at reduced scale): resize it first")
+
+
+def largest_jpeg() -> int:
+    """The most pixels a JPEG may have to be read (at 1/2 to 1/8 scale): 64 x :data:`MAX_PIXELS`, or less where
+    Pillow itself refuses to open it (twice ``Image.MAX_IMAGE_PIXELS``: 178,956,970 by default)."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return 64 * MAX_PIXELS if pillow is None else min(64 * MAX_PIXELS, 2 * pillow)
 
 
 def _unidentified(source, label) -> str:
