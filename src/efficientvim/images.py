@@ -170,10 +170,14 @@ def load_image(path: str | os.PathLike, min_side: int = 1) -> Image.Image:
         raise IsADirectoryError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: check the path")
-    image = read_image(path)
+    return check_min_side(read_image(path), path, min_side)
+
+
+def check_min_side(image: Image.Image, label: str | os.PathLike, min_side: int) -> Image.Image:
+    """``image``, or an InputSizeError when its shorter side is under ``min_side`` pixels."""
     if min(image.size) < min_side:
         raise InputSizeError(
-            f"{path} is {image.width}x{image.height} pixels, too small: the model needs a shorter side of "
+            f"{label} is {image.width}x{image.height} pixels, too small: the model needs a shorter side of "
             f"at least {min_side} px (one pixel per first-stage token); use a larger image"
         )
     return image

@@ -16,7 +16,7 @@ from . import hub
 from .errors import CheckpointError, UnknownModelError
 from .metadata import check_fields
 from .model import EfficientViM, EfficientViMFeatures, per_stage
-from .weights import SSD_OPTIONS, Checkpoint, check_fits, load_into
+from .weights import SSD_OPTIONS, Checkpoint, check_fits, load_fitted
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,12 @@ def create_model(
                             distilled=cfg["distilled"], **arch, **overrides)
 
     check_fields({**arch, "in_chans": in_chans, "num_classes": num_classes}, f"create_model({name!r})", "asks for")
+    reset_heads = False
     if ckpt is not None:  # the layout the file asks for must fit its tensors before memory is given to it
         with torch.device("meta"):
             probe = build()
-        check_fits(probe, ckpt, drop_heads=features_only or (
-            ckpt.num_classes is not None and ckpt.num_classes != probe.num_classes))
+        reset_heads = features_only or (ckpt.num_classes is not None and ckpt.num_classes != probe.num_classes)
+        state = check_fits(probe, ckpt, reset_heads)
     # built directly on ``device`` (the meta device too: then to_empty() and init_weights())
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build()
@@ -197,8 +198,7 @@ def create_model(
     model.pretrained_cfg = {**_default_cfg(base, img_size, in_chans, getattr(model, "num_classes", 0)), **cfg_overlay}
     model.default_cfg = model.pretrained_cfg  # timm's older name for the same dict
     if ckpt is not None:
-        reset_heads = features_only or (ckpt.num_classes is not None and ckpt.num_classes != model.num_classes)
-        load_into(model, ckpt, drop_heads=reset_heads)
+        load_fitted(model, state, reset_heads)
         _apply_metadata(model, {**source_meta, **ckpt.metadata}, keep_labels=not reset_heads)
     if dtype is not None:
         model.to(dtype=dtype)

@@ -235,7 +235,12 @@ def load_into(
     ``drop_heads`` leaves the MSF heads (and their fusion weights) as initialised, for
     fine-tuning on another number of classes or for feature extractors.
     """
-    state = check_fits(model, ckpt, drop_heads)
+    load_fitted(model, check_fits(model, ckpt, drop_heads), drop_heads)
+
+
+def load_fitted(model: nn.Module, state: dict[str, torch.Tensor], drop_heads: bool = False) -> None:
+    """Load a state dict :func:`check_fits` returned for ``model``'s layout (strictly, unless heads are dropped
+    or ``model`` is a feature extractor, which owns no heads)."""
     model.load_state_dict(state, strict=not drop_heads and hasattr(model, "heads"))
 
 

@@ -66,7 +66,7 @@ def disk_full(target: Path, needed: int | None, written: int = 0) -> DiskFullErr
     folder = target.parent
     need = size_text(needed) if needed else f"more than the {size_text(written)} written"
     return DiskFullError(f"{target} was not written: the disk is full ({size_text(free_space(folder))} free in "
-                         f"{folder or '.'}, the file needs {need}); free some space or write elsewhere"
+                         f"{folder}, the file needs {need}); free some space or write elsewhere"
                          " (an earlier file of that name is unchanged)")
 
 

@@ -46,9 +46,10 @@ def run_bulk(model: nn.Module, source: str, out: str | os.PathLike, task: str = 
     progress, close = timed_progress(len(todo), task, quiet)
     try:
         if engine == "local":
-            threads = threads or max(1, min(4, os.cpu_count() or 1))
+            from ..predict import decode_threads
+
             done = run_local(job, model, todo, output, runtime=runtime, precision=precision, batch_size=batch_size,
-                             rows_per_part=rows_per_part, threads=threads, progress=progress)
+                             rows_per_part=rows_per_part, threads=threads or decode_threads(), progress=progress)
         else:
             from .ray_engine import run_ray
 

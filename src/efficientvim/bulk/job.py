@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import EfficientViMError
-from ..images import load_image, read_image
+from ..images import check_min_side, load_image, read_image
 from ..predict import class_names, make_transform, min_image_side
-from .sources import read_bytes
+from .sources import is_uri, read_bytes
 
 TASKS = ("predict", "embed")
 METADATA_KEY = b"efficientvim"  # the Parquet schema metadata entry that records the job (JSON)
@@ -115,24 +115,27 @@ class Preprocess:
         self.min_side = min_image_side(model)
 
     def __call__(self, path: str) -> tuple[torch.Tensor | None, str | None]:
-        pixels, error = self.pixels(path)
-        return (self.finish(pixels) if pixels is not None else None), error
+        image, error = self._read(path)
+        return (self.normalize(self.resize(image)) if image is not None else None), error
 
     def pixels(self, path: str) -> tuple[np.ndarray | None, str | None]:
-        try:
-            image = read_image(read_bytes(path), name=path) if "://" in path else load_image(path, self.min_side)
-            if min(image.size) < self.min_side:
-                raise EfficientViMError(f"{path} is {image.width}x{image.height} pixels, too small: the model needs "
-                                        f"a shorter side of at least {self.min_side} px")
-            return np.asarray(self.resize(image)), None
-        except (EfficientViMError, OSError) as e:
-            text = " ".join((str(e) or type(e).__name__).split())
-            return None, text if path in text else f"{path}: {text}"
+        image, error = self._read(path)
+        return (np.asarray(self.resize(image)) if image is not None else None), error
 
     def finish(self, pixels: np.ndarray) -> torch.Tensor:
         from PIL import Image
 
         return self.normalize(Image.fromarray(pixels))
+
+    def _read(self, path: str):
+        """(the image, None), or (None, the one-line reason it is no input)."""
+        try:
+            if is_uri(path):
+                return check_min_side(read_image(read_bytes(path), name=path), path, self.min_side), None
+            return load_image(path, self.min_side), None
+        except (EfficientViMError, OSError) as e:
+            text = " ".join((str(e) or type(e).__name__).split())
+            return None, text if path in text else f"{path}: {text}"
 
 
 class Inference:

@@ -80,15 +80,17 @@ class Output:
         parts = self.existing()
         if not self.single or parts == [self.out]:  # a folder, or one file with nothing new: left as it is
             return sum(pq.read_metadata(p).num_rows for p in parts)
-        tables = [pq.read_table(p) for p in parts]
-        if not tables:
+        if not parts:
             return 0
-        table = pa.concat_tables(tables).combine_chunks()
-        metadata = pq.read_schema(parts[-1]).metadata
-        with replacing(self.out) as f:
-            pq.write_table(table.replace_schema_metadata(metadata), f)
+        schema = pq.read_schema(parts[-1])  # the job as its newest part records it
+        rows = 0
+        with replacing(self.out) as f, pq.ParquetWriter(f, schema) as writer:
+            for part in parts:  # one part in memory at a time
+                table = pq.read_table(part).replace_schema_metadata(schema.metadata)
+                writer.write_table(table)
+                rows += table.num_rows
         shutil.rmtree(self.parts, ignore_errors=True)
-        return table.num_rows
+        return rows
 
 
 def part_path(folder: Path, paths: Sequence[str]) -> Path:

@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..errors import EfficientViMError
-from .common import inference_for, model_from_args, positive_int, printable, resolve_precision, warn_if_random
+from .common import model_from_args, positive_int, printable, resolve_precision, warn_if_random
 
 
 def add_bulk_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -27,11 +27,11 @@ def run_bulk_command(args: argparse.Namespace, task: str, topk: int = 5) -> int:
     """Run ``task`` over ``args.source`` into ``args.output``; one summary line on stdout."""
     if args.address and args.engine != "ray":
         raise EfficientViMError("--address joins a Ray cluster: add --engine ray")
-    if args.engine == "ray":
-        from ..errors import import_extra
+    from ..errors import import_extra
 
+    if args.engine == "ray":
         import_extra("ray", "ray", "--engine ray")
-    import_pyarrow()
+    import_extra("pyarrow", "parquet", "Writing Parquet")
     from ..bulk import run_bulk, summary_line
 
     model = model_from_args(args)
@@ -41,8 +41,6 @@ def run_bulk_command(args: argparse.Namespace, task: str, topk: int = 5) -> int:
         set_input_size(model, args.img_size)
     warn_if_random(args)
     precision = resolve_precision(args.precision, None, args.runtime)
-    if args.engine == "local":
-        inference_for(model, precision, args.runtime)  # a runtime that cannot run here says so before any work
     summary = run_bulk(model, args.source, args.output, task, topk=topk, engine=args.engine, runtime=args.runtime,
                        precision=precision, batch_size=args.batch_size, rows_per_part=args.rows_per_part,
                        threads=args.threads, overwrite=args.overwrite, quiet=args.quiet,
@@ -51,8 +49,3 @@ def run_bulk_command(args: argparse.Namespace, task: str, topk: int = 5) -> int:
     print(summary_line(task, summary, args.output))
     return 0
 
-
-def import_pyarrow() -> None:
-    from ..errors import import_extra
-
-    import_extra("pyarrow", "parquet", "Writing Parquet")
