@@ -392,8 +392,8 @@ def test_an_image_size_beyond_reason_is_one_line(tiny_checkpoint, tmp_path):
     _png(tmp_path / "x.png", 64, 64)
     line = one_line_error(cli("predict", str(tmp_path / "x.png"), "--checkpoint", str(tiny_checkpoint),
                               "--img-size", "50000"))
-    assert line.endswith("argument --img-size: must be at most 4096 (one 4096 x 4096 image already takes "
-                         "gigabytes), got 50000 (see efficientvim predict --help)")
+    assert line.endswith("argument --img-size: must be at most 4096 (the largest input side supported and measured, "
+                         "docs/research.md), got 50000 (see efficientvim predict --help)")
     (tmp_path / "big.yaml").write_text("img_size: 50000\n")
     line = one_line_error(cli("train", "--config", str(tmp_path / "big.yaml"), "--print-config"))
     assert "img_size must be from 64 (the network's total stride) to 4096, not 50000" in line

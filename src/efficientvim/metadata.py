@@ -2,7 +2,7 @@
 
 The metadata of a weights file (``save_weights``) and the ``config.json`` of a model folder or hub repo name the
 architecture, its stage layout, the classes and the preprocessing. They come from a file, so each field is
-checked for its type and a sane range here, in one place, before a model is built (a 400 KB file asking for
+checked for its type and a sane range here, in one place, before a model is built (a small file asking for
 100,000 channels would otherwise allocate gigabytes); whether the layout fits the tensors the file holds is
 checked by building the model on the meta device first (``registry.create_model``). A field that fails is one
 :class:`CheckpointError` naming the file, the field and what it should be.
@@ -21,7 +21,7 @@ MAX_DEPTH = 64  # blocks of a stage (the paper's deepest is 2)
 MAX_STATES = 1024  # hidden states of a stage (the paper's most is 64)
 MAX_CLASSES = 100_000  # ImageNet-22k has 21,843
 MAX_CHANNELS = 64  # input channels
-MAX_SIDE = 4096  # pixels of a model input side (the largest the docs measure: one 4096 x 4096 image, 9 GB)
+MAX_SIDE = 4096  # pixels of a model input side (the largest docs/research.md measures)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 

@@ -58,8 +58,8 @@ def fraction(text: str) -> float:
 def input_size(text: str) -> int:
     value = _number(int, text, MIN_IMG_SIZE, True, f"at least {MIN_IMG_SIZE} (the network's total stride)")
     if value > MAX_SIDE:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIDE} (one {MAX_SIDE} x {MAX_SIDE} image already "
-                                         f"takes gigabytes), got {text}")
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIDE} (the largest input side supported and "
+                                         f"measured, docs/research.md), got {text}")
     return value
 
 
