@@ -191,6 +191,21 @@ def test_sigterm_during_an_export_leaves_the_earlier_file(tmp_path, tiny_checkpo
     assert leftovers(out) == []
 
 
+def test_a_signal_during_an_import_is_delivered_once_the_import_has_finished(tmp_path):
+    # a native module's initialisation that calls back into Python aborts the process on an exception (onnx's
+    # did, under CI); the CLI's handler waits for the import and delivers the signal after it
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nsum(range(3_000_000))\nFINISHED = True\n")
+    code = ("import signal, sys, time\nfrom efficientvim.cli import Terminated, _interrupt\n"
+            "signal.signal(signal.SIGTERM, _interrupt)\n"
+            "try:\n    import slow_module\n    time.sleep(10)\n"
+            "except Terminated:\n    print('imported' if getattr(sys.modules.get('slow_module'), 'FINISHED', False)"
+            " else 'cut short')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(tmp_path)])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "imported", proc.stderr
+
+
 # 2. runs resume, and never mix (the lock, torn lines and SIGKILL: tests/test_train_processes.py)
 
 

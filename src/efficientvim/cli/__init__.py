@@ -15,6 +15,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from ..errors import EfficientViMError
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version and argument errors (already printed)
         return e.code if isinstance(e.code, int) else 2
     # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: files being written are removed, earlier ones kept
-    previous = _on_sigterm(_terminate)
+    previous = {sig: _on_signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         result = args.func(args)
     except Terminated:
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (must stay open until exit)
         return 141
     finally:
-        _on_sigterm(previous)
+        for sig, handler in previous.items():
+            _on_signal(sig, handler)
     return int(result or 0)
 
 
@@ -81,19 +83,38 @@ class Terminated(BaseException):
     """SIGTERM arrived: raised where the program was, so every ``finally`` and ``with`` runs."""
 
 
-def _on_sigterm(handler):
-    """Install ``handler`` for SIGTERM and return the one it replaces (None off the main thread, where Python
+def _on_signal(signum: int, handler):
+    """Install ``handler`` for ``signum`` and return the one it replaces (None off the main thread, where Python
     takes no signal handlers: ``main`` called from a thread keeps the process's own)."""
     if handler is None:
         return None
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signum, handler)
     except ValueError:
         return None
 
 
-def _terminate(signum, frame):
-    raise Terminated(signum)
+def _interrupt(signum, frame):
+    """SIGTERM raises :class:`Terminated`, SIGINT ``KeyboardInterrupt``, where the program was, except inside an
+    import: a native module's initialisation (onnx's, for one) calls back into Python from C++ that cannot pass
+    an exception on and aborts the process instead. There the signal is delivered again 50 ms later, until the
+    import has finished."""
+    if _importing(frame):
+        retry = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
+    raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith("<frozen importlib.") or name.endswith(("importlib/_bootstrap.py",
+                                                                   "importlib/_bootstrap_external.py")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _is_user_mistake(e: BaseException) -> bool:
