@@ -113,6 +113,11 @@ def crowded_stages(report: StateReport) -> list[str]:
 
 def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: str = "") -> Path:
     """Render ``report`` as one PNG of ``FIGURE_SIZE_PX`` pixels."""
+    return write_figure(render(report, title, note), path, dpi=FIGURE_DPI)
+
+
+def render(report: StateReport, title: str = "", note: str = ""):
+    """``report`` as a matplotlib ``Figure`` of ``FIGURE_SIZE_PX`` pixels at ``FIGURE_DPI`` (not written)."""
     # a bare Figure renders with Agg and leaves pyplot's global state (and the user's backend) alone
     import matplotlib
     from matplotlib.figure import Figure
@@ -212,4 +217,4 @@ def draw(report: StateReport, path: str | os.PathLike, title: str = "", note: st
         f"weights it most, shown where that weight is at least {OWNER_MIN_RATIO}x uniform; frame colours match owners.",
         fontsize=8, color="#555555",
     )
-    return write_figure(fig, path, dpi=FIGURE_DPI)
+    return fig

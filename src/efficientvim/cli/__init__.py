@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from ..errors import EfficientViMError
 
 # subcommand modules, in the order ``efficientvim --help`` lists them
-COMMANDS = ("models", "info", "predict", "embed", "visualize", "train", "eval", "export", "bench")
+COMMANDS = ("models", "info", "predict", "embed", "visualize", "demo", "train", "eval", "export", "bench")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,103 @@
+"""``efficientvim demo``: a local web page (Gradio) that classifies an image and shows what the model does."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import EfficientViMError
+from .common import add_model_args, add_runtime_args, int_at_least, printable
+
+HELP = "serve a local web page (Gradio) that classifies uploaded images: top-5, hidden states, facts, runtimes"
+DESCRIPTION = (HELP + ". Without --checkpoint or --model it serves the newest runs/*/best.safetensors (what "
+               "`efficientvim train` writes). Needs 'efficientvim[demo]'.")
+RUNS = Path("runs")
+
+
+def port(text: str) -> int:
+    value = int_at_least(1, "between 1 and 65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {text}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: the network too)")
+    p.add_argument("--port", type=port, default=7860, help="port (default 7860)")
+    add_runtime_args(p, "the page")
+    p.add_argument("--max-file-size", type=int_at_least(1, "at least 1"), default=25, metavar="MB",
+                   help="largest upload accepted, in megabytes (default 25)")
+
+
+def latest_run_checkpoint(runs: Path = RUNS) -> Path | None:
+    """The newest ``runs/*/best.safetensors`` of a classifier (dense runs' are detectors and segmenters)."""
+    from safetensors import safe_open
+
+    found = sorted(runs.glob("*/best.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in found:
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # noqa: BLE001, S112 (a damaged file is not a candidate; --checkpoint says why)
+            continue
+        if meta.get("architecture") and "task" not in meta:
+            return path
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import import_extra
+
+    import_extra("gradio", "demo", "efficientvim demo")  # said before the model is loaded
+    if args.model is None and args.checkpoint is None:
+        found = latest_run_checkpoint()
+        if found is None:
+            raise EfficientViMError("no model to serve: pass --checkpoint FILE or --model NAME.TAG (e.g. "
+                                    "efficientvim_m1.e450_in1k, downloaded once), or run `efficientvim train` "
+                                    f"first (the page then serves {RUNS}/*/best.safetensors)")
+        print(f"serving {found}, the newest classifier in {RUNS}/ (--checkpoint to choose another)", file=sys.stderr)
+        args.checkpoint = str(found)
+    if not _loopback(args.host):
+        print(f"warning: --host {printable(args.host)} makes the page reachable from the network: anyone who can "
+              "reach this machine can upload images to it", file=sys.stderr)
+    cache = Path(tempfile.mkdtemp(prefix="efficientvim-demo-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # every upload and result lands here, removed when serving ends
+    try:
+        return _serve(args, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+def _serve(args: argparse.Namespace, cache: Path) -> int:
+    from ..demo import serve
+    from .common import has_random_weights, model_from_args, resolve_precision, warn_if_random
+
+    model = model_from_args(args)
+    warn_if_random(args)
+    random = has_random_weights(args)
+    source = "random (no --checkpoint: the outputs mean nothing)" if random else (args.checkpoint or args.model)
+    # as predict: a runtime that does not take the precision is refused, one the CPU lacks falls back with a note
+    precision = resolve_precision(args.precision, next(model.parameters()).device.type, args.runtime)
+    return serve(model, source, args.runtime, precision, random, host=args.host, port=args.port,
+                 max_file_size_mb=args.max_file_size, cache=cache)

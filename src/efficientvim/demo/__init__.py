@@ -1,0 +1,53 @@
+"""``efficientvim demo``: the model on a local web page (Gradio, ``pip install 'efficientvim[demo]'``).
+
+- :mod:`.session`: what the page computes, without Gradio (prediction as ``predict`` makes it, hidden states
+  as ``visualize`` draws them, facts, the runtime comparison);
+- :mod:`.examples`: the pictures offered to click (digits for a digits model, installed photos otherwise);
+- :mod:`.app`: the Gradio page and its API endpoint ``/predict``;
+- :func:`serve`: start it on a host and port and serve until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import EfficientViMError
+from .session import DemoSession
+
+__all__ = ["DemoSession", "serve"]
+
+
+def serve(model: nn.Module, source: str, runtime: str, precision: str, random_weights: bool, host: str, port: int,
+          max_file_size_mb: int, cache: Path) -> int:
+    """Serve the page for ``model`` at http://host:port until Ctrl-C (exit code 0); uploads go to Gradio's
+    cache, which the caller points at ``cache`` and removes afterwards. Returns the exit code."""
+    import torch
+
+    from .app import build
+    from .examples import examples_for
+
+    session = DemoSession(model, source, runtime, precision, random_weights)
+    with torch.no_grad():  # the first forward pass of a process pays for allocations and kernel choices
+        session.runner(torch.zeros(1, *model.pretrained_cfg["input_size"]))
+    examples_folder = cache / "examples"
+    examples_folder.mkdir()
+    app = build(session, examples_for(session.names, examples_folder), log=lambda line: print(line, flush=True))
+    try:
+        app.launch(server_name=host, server_port=port, max_file_size=f"{max_file_size_mb}mb", quiet=True,
+                   prevent_thread_lock=True, show_error=False)
+    except OSError as e:
+        raise EfficientViMError(f"cannot serve on {host}:{port} ({' '.join(str(e).split())}): is another "
+                                "server using the port? pass another --port") from None
+    try:
+        print(f"efficientvim demo: {model.model_name} ({source}) at {app.local_url} (Ctrl-C to stop)", flush=True)
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 0
+    finally:
+        app.close()
