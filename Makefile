@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-core test lint train
+.PHONY: install install-core test lint train demo
 
 # the core package alone: what the main job (train) needs
 $(VENV)/.installed-core: pyproject.toml
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"
-	touch $@ $(VENV)/.installed-core
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-demo
 
 install-core: $(VENV)/.installed-core
 
@@ -33,3 +33,12 @@ test: lint
 # (the command itself makes OpenMP wait passively, so it stays fast when other processes share the cores)
 train: install-core
 	$(VENV)/bin/efficientvim train
+
+# the core package and Gradio: what the demo page needs
+$(VENV)/.installed-demo: pyproject.toml $(VENV)/.installed-core
+	$(PY) -m pip install -e ".[demo]"
+	touch $@
+
+# a local web page for the newest runs/*/best.safetensors (after `make train`: the digits model)
+demo: $(VENV)/.installed-demo
+	$(VENV)/bin/efficientvim demo

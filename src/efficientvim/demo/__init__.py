@@ -25,23 +25,21 @@ def serve(model: nn.Module, source: str, runtime: str, precision: str, random_we
           max_file_size_mb: int, cache: Path) -> int:
     """Serve the page for ``model`` at http://host:port until Ctrl-C (exit code 0); uploads go to Gradio's
     cache, which the caller points at ``cache`` and removes afterwards. Returns the exit code."""
-    import torch
-
-    from .app import build
+    from .app import CSS, build
     from .examples import examples_for
 
     session = DemoSession(model, source, runtime, precision, random_weights)
-    with torch.no_grad():  # the first forward pass of a process pays for allocations and kernel choices
-        session.runner(torch.zeros(1, *model.pretrained_cfg["input_size"]))
+    session.warm_up()
     examples_folder = cache / "examples"
     examples_folder.mkdir()
     app = build(session, examples_for(session.names, examples_folder), log=lambda line: print(line, flush=True))
     try:
         app.launch(server_name=host, server_port=port, max_file_size=f"{max_file_size_mb}mb", quiet=True,
-                   prevent_thread_lock=True, show_error=False)
+                   prevent_thread_lock=True, show_error=False, css=CSS)
     except OSError as e:
-        raise EfficientViMError(f"cannot serve on {host}:{port} ({' '.join(str(e).split())}): is another "
-                                "server using the port? pass another --port") from None
+        why = "the port is in use" if "empty port" in str(e) else " ".join(str(e).split())
+        raise EfficientViMError(f"cannot serve on {host}:{port}: {why} (another server?): pass another --port"
+                                ) from None
     try:
         print(f"efficientvim demo: {model.model_name} ({source}) at {app.local_url} (Ctrl-C to stop)", flush=True)
         while True:

@@ -23,6 +23,8 @@ from .session import COMPARE_REPEATS, TOP_K, DemoSession, Prediction
 
 gr = import_extra("gradio", "demo", "efficientvim demo")
 
+# a small upload (the digits' 8x8 pixels) drawn large and sharp rather than as a dot
+CSS = "#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 DELETE_CACHE = (600, 3600)  # every 10 minutes, Gradio removes the uploads and results older than an hour
 SESSIONS_KEPT = 256  # the latest prediction of this many browser sessions, for the timing the page shows next
 
@@ -165,8 +167,10 @@ def build(session: DemoSession, examples: list[Path], log: Callable[[str], None]
                     label = gr.Label(num_top_classes=TOP_K, label=f"top {TOP_K}", elem_id="top")
                     timing = gr.Markdown(elem_id="timing")
                     gr.Markdown(facts_markdown(session))
-            maps = gr.Image(label="hidden states: where each stage's states read (as efficientvim visualize draws)",
-                            type="pil", format="png", interactive=False, height=640, elem_id="maps")
+            gr.Markdown("**Hidden states**: where each stage's states read the image (as `efficientvim visualize` "
+                        "draws them)")
+            maps = gr.Image(show_label=False, type="pil", format="png", interactive=False, height=640,
+                            elem_id="maps")
         with gr.Tab("Runtimes"):
             gr.Markdown("The image above in every runtime and precision installed: the fused graph exported on the "
                         "fly for ONNX Runtime and OpenVINO (the first comparison exports it: seconds), bf16 where "
