@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import efficientvim as ev
+from efficientvim.demo.examples import photo_examples
 
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")
@@ -208,6 +209,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_uploads(checkpoint, files, tmp_path)
     assert s.stop(signal.SIGINT) == 0
     assert "stopped" in "".join(s.err) and "Traceback" not in "".join(s.err)
     assert s.caches() == []  # ... which is gone once it stops
+    assert list(tmp_path.iterdir()) == []  # and nothing else was written in the temporary folder
 
 
 def test_without_a_model_it_serves_the_newest_run_or_says_what_to_pass(checkpoint, tmp_path):
@@ -230,6 +232,20 @@ def test_without_a_model_it_serves_the_newest_run_or_says_what_to_pass(checkpoin
         assert "serving runs/newer/best.safetensors, the newest classifier in runs/" in "".join(s.err)
     finally:
         assert s.stop() == 0
+
+
+def test_a_port_in_use_is_one_line(checkpoint, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "efficientvim", "demo", "--checkpoint", str(checkpoint),
+                                 "--port", str(port)], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "PYTHONPATH": str(SRC), "TMPDIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr == (f"efficientvim demo: error: cannot serve on 127.0.0.1:{port}: the port is in use "
+                             "(another server?): pass another --port\n")
+    assert list(tmp_path.iterdir()) == []  # its private cache folder removed
 
 
 def test_a_network_host_is_warned_about(checkpoint, tmp_path):
@@ -283,5 +299,12 @@ def test_a_real_browser_uploads_a_photo_and_reads_the_top_label(server, checkpoi
         timing = wait.until(lambda d: d.find_element(By.ID, "timing").text)
         assert " ms on this machine (eager fp32): read " in timing
         assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#maps img"))  # the hidden-state picture
+        # an example of the page (a photo installed with scikit-learn, for this non-digits model), clicked
+        first = photo_examples()[0]
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button.gallery-item"))[0].click()
+        wait.until(lambda d: f"'{first.name}' -> " in "".join(server.out))
+        shown = wait.until(lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#top [data-testid="
+                                                                      "'label-output-value']") if e.text])[0]
+        assert shown == predict_json(checkpoint, first)[0]["label"]
     finally:
         driver.quit()

@@ -62,9 +62,12 @@ def _loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from ..errors import import_extra
 
-    import_extra("gradio", "demo", "efficientvim demo")  # said before the model is loaded
+    if importlib.util.find_spec("gradio") is None:  # said before the model is loaded
+        import_extra("gradio", "demo", "efficientvim demo")
     if args.model is None and args.checkpoint is None:
         found = latest_run_checkpoint()
         if found is None:
@@ -77,16 +80,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: --host {printable(args.host)} makes the page reachable from the network: anyone who can "
               "reach this machine can upload images to it", file=sys.stderr)
     cache = Path(tempfile.mkdtemp(prefix="efficientvim-demo-"))
-    previous = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # every upload and result lands here, removed when serving ends
+    # every upload and result lands here, removed when serving ends; set before gradio is imported, since some of
+    # its modules read the variable once, when they are imported
+    settings = {"GRADIO_TEMP_DIR": str(cache), "GRADIO_EXAMPLES_CACHE": str(cache / "examples-cache"),
+                "GRADIO_ANALYTICS_ENABLED": "False"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         return _serve(args, cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-        if previous is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _serve(args: argparse.Namespace, cache: Path) -> int:
