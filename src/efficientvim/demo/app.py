@@ -93,7 +93,7 @@ def compare_rows(rows: list[dict], baseline: tuple[str, str]) -> list[list]:
 
 
 COMPARE_HEADERS = ["runtime", "precision", "top-1", "probability", "top-5 (or why not run)", "model ms (median)",
-                   "speed vs the page's runtime"]
+                   "speed (vs the page's)"]
 
 
 class DemoApp:
@@ -172,8 +172,9 @@ def build(session: DemoSession, examples: list[Path], log: Callable[[str], None]
             maps = gr.Image(show_label=False, type="pil", format="png", interactive=False, height=640,
                             elem_id="maps")
         with gr.Tab("Runtimes"):
-            gr.Markdown("The image above in every runtime and precision installed: the fused graph exported on the "
-                        "fly for ONNX Runtime and OpenVINO (the first comparison exports it: seconds), bf16 where "
+            gr.Markdown("The image of the Predict tab in every runtime and precision installed: the fused graph "
+                        "exported on the fly for ONNX Runtime and OpenVINO (the first comparison exports it: seconds), "
+                        "bf16 where "
                         f"this CPU has it natively; each timed as the median of {COMPARE_REPEATS} forward passes "
                         "(batch 1).")
             run = gr.Button("compare on this image", elem_id="compare")
