@@ -228,6 +228,16 @@ def test_a_missing_onnx_extra_is_one_line_naming_it(module, tmp_path, monkeypatc
     assert len(err.splitlines()) == 1
 
 
+def test_a_missing_demo_extra_is_one_line_naming_it_before_any_model_is_built(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--model", "no_such_model"]) == 2  # the extra is named first, not the unknown model
+    err = capsys.readouterr().err.strip()
+    assert err == ("efficientvim demo: error: efficientvim demo needs gradio, which is not installed: "
+                   "pip install 'efficientvim[demo]'")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_training_without_tensorboard_says_so_and_keeps_its_other_logs(tmp_path, monkeypatch, capsys):
     from efficientvim.train.metrics import MetricsLog
 
