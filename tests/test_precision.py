@@ -142,7 +142,13 @@ def test_bench_times_each_precision_or_says_why_not(tmp_path, capsys):
         else:
             assert row["gflops"] > 0 and precision in data["meta"]["gemm_gflops"]
     out = capsys.readouterr().out
-    assert "GEMM bound (2048^3 matrix product, the faster library): fp32 " in out
+    line = next(x for x in out.splitlines() if x.startswith("GEMM bound"))
+    bound = data["meta"]["gemm_bound"]["fp32"]
+    low, high = bound["spread"]
+    assert low <= high == bound["gflops"] == data["meta"]["gemm_gflops"]["fp32"]
+    m, k, n = bound["shape"]
+    assert line.startswith("GEMM bound (the fastest repeat of several matrix products in each library): fp32 "
+                           f"{high:.0f} GFLOP/s ({m}x{k} @ {k}x{n} in {bound['library']}; its repeats {low:.0f}-")
     rows = run_benchmark(["efficientvim_m1+fuse"], ["onnxruntime"], resolutions=[64], batch_sizes=[1], threads=1,
                          warmup=0, repeats=1, precisions=["bf16", "int8"], progress=False)
     assert rows[0].error == "BenchmarkError: the onnxruntime runtime is timed in fp32, int8, not bf16"

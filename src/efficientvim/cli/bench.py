@@ -97,12 +97,14 @@ def run(args: argparse.Namespace) -> int:
         precisions=precisions,
     )  # fmt: skip
     machine = machine_description(args.device)
-    bounds = {p: round(gemm_bound(p, args.device, args.threads), 1) for p in precisions
+    bounds = {p: gemm_bound(p, args.device, args.threads) for p in precisions
               if p != "int8" and native_precision(PRECISIONS[p], args.device) is None}
     meta = dict(machine=machine, device=args.device, threads=args.threads, torch=torch.__version__,
                 python=platform.python_version(), warmup=args.warmup, repeats=args.repeats, task=args.task,
                 fpn_channels=args.fpn_channels if args.task == "dense" else None,
-                gemm_gflops=bounds)  # fmt: skip
+                gemm_gflops={p: round(b.gflops, 1) for p, b in bounds.items()},
+                gemm_bound={p: dict(gflops=round(b.gflops, 1), spread=[round(v, 1) for v in b.spread],
+                                    shape=list(b.shape), library=b.library) for p, b in bounds.items()})  # fmt: skip
     out = Path(args.output_dir)
     paths = write_results(results, out, meta)
     for precision in precisions:  # plots per precision
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             if (high - low) > UNRELIABLE_SPREAD * r.vs_timm:
                 unreliable.append(r.model)
         rate = f"{r.gflops:.0f}" if r.gflops else ""
-        share = f"{100 * r.gflops / bounds[r.precision]:.0f}%" if r.gflops and r.precision in bounds else ""
+        share = f"{100 * r.gflops / bounds[r.precision].gflops:.0f}%" if r.gflops and r.precision in bounds else ""
         print(f"{r.model:32s} {r.runtime:12s} {r.precision:>5s} {r.resolution:5d} {r.batch_size:5d} "
               f"{r.median_ms:9.2f} {r.images_per_s:8.1f} {ratio:>17s} {rate:>8s} {share:>8s}")  # fmt: skip
     if unreliable:
@@ -137,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
               f"(quartiles more than {UNRELIABLE_SPREAD:.0%} apart): the machine was busy; rerun with more --repeats "
               "on an idle machine before quoting them", file=sys.stderr)
     if bounds:
-        rates = ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bounds.items())
-        size = 8192 if args.device.startswith("cuda") else 2048
-        print(f"GEMM bound ({size}^3 matrix product, the faster library): {rates}")
+        rates = "; ".join(f"{p} {b.describe()}" for p, b in bounds.items())
+        print(f"GEMM bound (the fastest repeat of several matrix products in each library): {rates}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
