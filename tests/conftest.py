@@ -55,3 +55,24 @@ def timm_reference():
 def relative_error(reference, other) -> float:
     """max |other - reference| / max |reference|, for torch tensors or numpy arrays."""
     return float(abs(reference - other).max() / abs(reference).max())
+
+
+# a narrow M1 with four photo classes whose heads are far from uniform, so labels differ between photos
+PHOTO_CLASSES = ["cat", "cup", "man", "sky"]
+NARROW = dict(embed_dim=(16, 32, 48), depths=(1, 1, 1), state_dim=(4, 4, 4))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A save_weights file of a narrow M1 with the four classes ``PHOTO_CLASSES`` (random, seed 0)."""
+    import efficientvim as ev
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    torch.manual_seed(0)
+    model = ev.create_model("efficientvim_m1", num_classes=len(PHOTO_CLASSES), **NARROW)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("heads."):
+                p.normal_(0.0, 5.0)  # heads far from uniform: labels differ between photos
+    ev.save_weights(model, path, class_names=PHOTO_CLASSES)
+    return path

@@ -56,19 +56,6 @@ def photos(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    torch.manual_seed(0)
-    model = ev.create_model("efficientvim_m1", num_classes=4, **TINY)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("heads."):
-                p.normal_(0.0, 5.0)  # heads far from uniform: labels differ between photos
-    ev.save_weights(model, path, class_names=["cat", "cup", "man", "sky"])
-    return path
-
-
 GOOD = 6
 BAD = {"notes.jpg": "is not a JPEG, PNG", "empty.png": "is empty (0 bytes)", "cut.jpg": "truncated JPEG",
        "strip.png": "one side more than 100 times the other"}

@@ -16,17 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-import efficientvim as ev
 from efficientvim.demo.examples import photo_examples
 
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = dict(embed_dim=(16, 32, 48), depths=(1, 1, 1), state_dim=(4, 4, 4))
-CLASSES = ["cat", "cup", "man", "sky"]
+CLASSES = ["cat", "cup", "man", "sky"]  # the classes of conftest's checkpoint
 
 
 def free_port() -> int:
@@ -69,19 +66,6 @@ class Server:
 
     def caches(self) -> list[Path]:
         return sorted(self.tmp.glob("efficientvim-demo-*"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    torch.manual_seed(0)
-    model = ev.create_model("efficientvim_m1", num_classes=4, **TINY)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("heads."):
-                p.normal_(0.0, 5.0)  # heads far from uniform: labels differ between photos
-    ev.save_weights(model, path, class_names=CLASSES)
-    return path
 
 
 @pytest.fixture(scope="module")
