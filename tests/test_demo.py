@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import efficientvim as ev
 from efficientvim.demo.examples import photo_examples
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -292,3 +293,16 @@ def test_a_real_browser_uploads_a_photo_and_reads_the_top_label(server, checkpoi
         assert shown == predict_json(checkpoint, first)[0]["label"]
     finally:
         driver.quit()
+
+
+def test_the_comparison_names_the_extra_a_runtime_lacks(checkpoint, files, monkeypatch):
+    from efficientvim.demo import DemoSession
+    from efficientvim.demo import session as demo_session
+
+    monkeypatch.setattr(demo_session, "_installed", lambda module: module != "onnx")  # the runtimes, not onnx
+    session = DemoSession(ev.load_model(checkpoint), str(checkpoint))
+    rows = {(r["runtime"], r["precision"]): r for r in session.compare(files["cat.jpg"], "cat.jpg", repeats=1)}
+    assert rows["onnxruntime", "fp32"]["note"] == "not installed: pip install 'efficientvim[onnx]'"
+    assert rows["openvino", "fp32"]["note"] == "not installed: pip install 'efficientvim[openvino]'"
+    eager = rows["eager", "fp32"]
+    assert eager["ms"] > 0 and eager["predictions"] == session.predict(files["cat.jpg"], "cat.jpg").predictions

@@ -26,8 +26,8 @@ from ..runtimes import INFERENCE_PRECISIONS, INFERENCE_RUNTIMES, inference_model
 
 TOP_K = 5
 COMPARE_REPEATS = 10  # timed forward passes per runtime in the comparison (after two untimed ones)
-# what each runtime needs installed, and the extra that installs it
-RUNTIME_EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+# what each runtime needs installed (the ONNX export it runs, and the runtime), and the extra that installs it
+RUNTIME_EXTRAS = {"onnxruntime": (("onnx", "onnxruntime"), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
 
 
 @dataclass
@@ -169,8 +169,8 @@ class DemoSession:
             for precision in INFERENCE_PRECISIONS[runtime]:
                 row = dict(runtime=runtime, precision=precision, predictions=[], ms=None, note="")
                 rows.append(row)
-                module, extra = RUNTIME_EXTRAS.get(runtime, (None, None))
-                if module and not _installed(module):
+                modules, extra = RUNTIME_EXTRAS.get(runtime, ((), None))
+                if not all(_installed(m) for m in modules):
                     row["note"] = f"not installed: pip install 'efficientvim[{extra}]'"
                     continue
                 why = native_precision(PRECISION_DTYPES[precision], "cpu")
