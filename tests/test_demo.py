@@ -295,7 +295,7 @@ def test_a_real_browser_uploads_a_photo_and_reads_the_top_label(server, checkpoi
         driver.quit()
 
 
-def test_the_comparison_names_the_extra_a_runtime_lacks(checkpoint, files, monkeypatch):
+def test_the_comparison_names_the_extra_a_runtime_lacks_and_the_picture_is_drawn(checkpoint, files, monkeypatch):
     from efficientvim.demo import DemoSession
     from efficientvim.demo import session as demo_session
 
@@ -305,4 +305,11 @@ def test_the_comparison_names_the_extra_a_runtime_lacks(checkpoint, files, monke
     assert rows["onnxruntime", "fp32"]["note"] == "not installed: pip install 'efficientvim[onnx]'"
     assert rows["openvino", "fp32"]["note"] == "not installed: pip install 'efficientvim[openvino]'"
     eager = rows["eager", "fp32"]
-    assert eager["ms"] > 0 and eager["predictions"] == session.predict(files["cat.jpg"], "cat.jpg").predictions
+    prediction = session.predict(files["cat.jpg"], "cat.jpg")
+    assert eager["ms"] > 0 and eager["predictions"] == prediction.predictions
+    # the hidden-state picture of the decoded upload: visualize's figure, as pixels
+    from efficientvim.viz import FIGURE_SIZE_PX
+
+    picture = session.hidden_states(prediction.image, "cat.jpg")
+    assert picture.mode == "RGB" and picture.size == FIGURE_SIZE_PX
+    assert len(set(picture.resize((64, 40)).getdata())) > 50  # drawn, not blank

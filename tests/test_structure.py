@@ -138,7 +138,6 @@ DIRECT_WRITERS = {
     "train/checkpoints.py": "the run lock, created exclusively; torch.save into replacing()",
     "bench/runners.py": "the benchmark's own temporary folder",
     "cli/__init__.py": "stdout to /dev/null after a broken pipe",
-    "demo/session.py": "the hidden-state picture rendered into memory for the page (Gradio caches what it shows)",
 }
 
 

@@ -1,9 +1,10 @@
 """The GEMM bound: the rate of large matrix products in the libraries each path uses, the ceiling a model's
 achieved GFLOP/s is compared with.
 
-One product timed a few times read 122-183 GFLOP/s from run to run on a Zen 3 machine (a fused model then showed
-"103% of the bound"). A ceiling is the best the library reaches, so the bound is the fastest of several repeats of
-several shapes in each library, and its spread (the slowest and fastest repeat of that product) goes with it.
+One product timed a few times read 122-183 GFLOP/s from run to run on a Zen 3 machine, issue 25 reports (a fused
+model then showed "103% of the bound"). A ceiling is the best the library reaches, so the bound is the fastest
+of several repeats of several shapes in each library, and its spread (the slowest and fastest repeat of that
+product) goes with it.
 """
 
 from __future__ import annotations

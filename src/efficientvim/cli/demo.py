@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import ipaddress
 import os
 import shutil
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: --host {printable(args.host)} makes the page reachable from the network: anyone who can "
               "reach this machine can upload images to it", file=sys.stderr)
     cache = Path(tempfile.mkdtemp(prefix="efficientvim-demo-"))
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)  # also when a second Ctrl-C cuts the cleanup short
     # every upload and result lands here, removed when serving ends; set before gradio is imported, since some of
     # its modules read the variable once, when they are imported
     settings = {"GRADIO_TEMP_DIR": str(cache), "GRADIO_EXAMPLES_CACHE": str(cache / "examples-cache"),
@@ -102,10 +104,10 @@ def _serve(args: argparse.Namespace, cache: Path) -> int:
     from .common import has_random_weights, model_from_args, resolve_precision, warn_if_random
 
     model = model_from_args(args)
-    warn_if_random(args)
-    random = has_random_weights(args)
-    source = "random (no --checkpoint: the outputs mean nothing)" if random else (args.checkpoint or args.model)
     # as predict: a runtime that does not take the precision is refused, one the CPU lacks falls back with a note
     precision = resolve_precision(args.precision, next(model.parameters()).device.type, args.runtime)
+    warn_if_random(args)  # once the arguments are known good, as predict says it
+    random = has_random_weights(args)
+    source = "random (no --checkpoint: the outputs mean nothing)" if random else (args.checkpoint or args.model)
     return serve(model, source, args.runtime, precision, random, host=args.host, port=args.port,
                  max_file_size_mb=args.max_file_size, cache=cache)

@@ -66,9 +66,9 @@ def _upload(payload) -> tuple[str, str] | None:
 
 def timing_text(p: Prediction, first_ms: float | None, runtime: str) -> str:
     first = "" if first_ms is None else f"; the first request after start-up took {first_ms:.1f} ms"
-    lines = [f"**{p.total_ms:.1f} ms** on this machine ({runtime}): read {p.read_ms:.1f} ms, preprocess "
-             f"{p.preprocess_ms:.1f} ms, model {p.model_ms:.1f} ms{first}"]
-    return "\n\n".join(lines + [f"note: {n}" for n in p.notes])
+    line = (f"**{p.total_ms:.1f} ms** on this machine ({runtime}): read {p.read_ms:.1f} ms, preprocess "
+            f"{p.preprocess_ms:.1f} ms, model {p.model_ms:.1f} ms{first}")
+    return "\n\n".join([line] + [f"note: {n}" for n in p.notes])
 
 
 def facts_markdown(session: DemoSession) -> str:
@@ -101,7 +101,6 @@ class DemoApp:
 
     def __init__(self, session: DemoSession, log: Callable[[str], None] = print) -> None:
         self.session, self.log = session, log
-        self.first_ms: float | None = None
         self._latest: OrderedDict[str, tuple[str, Prediction]] = OrderedDict()  # session -> (file, prediction)
         self._lock = threading.Lock()
 
@@ -113,8 +112,6 @@ class DemoApp:
         if upload is None:
             return None
         p = self.session.predict(*upload)
-        if self.first_ms is None:
-            self.first_ms = p.total_ms
         with self._lock:
             self._latest[key] = (upload[0], p)
             self._latest.move_to_end(key)
@@ -136,9 +133,9 @@ class DemoApp:
             return "", None
         for note in p.notes:
             gr.Warning(note)
-        first = self.first_ms if self.session.requests > 1 else None
+        first = self.session.first_ms if self.session.requests > 1 else None
         runtime = f"{self.session.runtime} {self.session.precision}"
-        return timing_text(p, first, runtime), self.session.hidden_states(*upload)
+        return timing_text(p, first, runtime), self.session.hidden_states(p.image, upload[1])
 
     def compare(self, payload) -> list[list]:
         upload = _upload(payload)

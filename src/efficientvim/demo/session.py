@@ -9,7 +9,6 @@ one ``efficientvim predict`` accepts, with the same message when it is refused.
 from __future__ import annotations
 
 import functools
-import io
 import os
 import statistics
 import time
@@ -35,6 +34,7 @@ class Prediction:
     """One image's top-k (as ``predict --json`` lists them) and where the time went, in milliseconds."""
 
     predictions: list[dict]
+    image: Image.Image  # the decoded upload, for the hidden-state picture that follows
     read_ms: float  # decoding the file
     preprocess_ms: float  # resize, crop, normalise
     model_ms: float  # the forward pass and the softmax
@@ -88,6 +88,7 @@ class DemoSession:
         self.transform = make_transform(model)
         self.min_side = min_image_side(model)
         self.requests = 0
+        self.first_ms: float | None = None  # the first request's time after start-up
         self._runners: dict[tuple[str, str], nn.Module] = {(runtime, precision): self.runner}
 
     def read(self, path: str | os.PathLike, name: str) -> tuple[Image.Image, list[str]]:
@@ -111,23 +112,29 @@ class DemoSession:
         prepared = time.perf_counter()
         predictions = top_k(self.runner(x), k, self.names)[0]
         done = time.perf_counter()
+        p = Prediction(predictions, image, 1e3 * (read - start), 1e3 * (prepared - read), 1e3 * (done - prepared),
+                       notes)
         self.requests += 1
-        return Prediction(predictions, 1e3 * (read - start), 1e3 * (prepared - read), 1e3 * (done - prepared), notes)
+        if self.first_ms is None:
+            self.first_ms = p.total_ms
+        return p
 
     @_on_model_thread
     @torch.no_grad()
-    def hidden_states(self, path: str | os.PathLike, name: str) -> Image.Image:
-        """The picture ``efficientvim visualize`` writes, of this image, as an RGB image."""
-        from ..viz import FIGURE_DPI, render, state_report
+    def hidden_states(self, image: Image.Image, name: str) -> Image.Image:
+        """The picture ``efficientvim visualize`` writes, of a decoded image (``Prediction.image``), as pixels."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        image, _ = self.read(path, name)
+        from ..viz import render, state_report
+
         report = state_report(self.model, image)
         width, height = self.model.pretrained_cfg["input_size"][1:][::-1]
-        figure = render(report, title=f"{self.model.model_name}: hidden states on {name} ({width}x{height})",
-                        note="random weights: the maps show an untrained network" if self.random_weights else "")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        canvas = FigureCanvasAgg(render(report, title=f"{self.model.model_name}: hidden states on {name} "
+                                        f"({width}x{height})", note="random weights: the maps show an untrained "
+                                        "network" if self.random_weights else ""))
+        canvas.draw()
+        return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
     def facts(self) -> list[tuple[str, str]]:
         """The model's facts as (what, value) rows: architecture, size, cost, input, classes, weights, runtime."""
