@@ -141,7 +141,7 @@ def speed(source: str, bits: list[int], rounds: int = 15) -> None:
 
     import efficientvim as ev
     from efficientvim.export import export_onnx_int8
-    from efficientvim.export.onnx import onnxruntime_session
+    from efficientvim.sessions import onnxruntime_session
 
     model = (ev.load_model(source) if Path(source).is_file() else ev.create_model(source)).eval()
     with tempfile.TemporaryDirectory() as tmp:

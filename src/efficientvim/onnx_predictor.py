@@ -1,9 +1,10 @@
-"""Classify images with an exported EfficientViM in ONNX Runtime: numpy, Pillow and onnxruntime only.
+"""Classify images with an exported EfficientViM in ONNX Runtime or OpenVINO: numpy, Pillow and a runtime only.
 
-Importing this module loads neither torch nor timm, so a deployment needs only ``onnxruntime``,
-``onnx``, ``numpy`` and ``Pillow``. Files are read by the package's one image reader
-(:mod:`efficientvim.images`) and labelled with the class names stored in the file at export, so the
-answers match ``efficientvim predict``.
+Importing this module loads neither torch nor timm, so a deployment needs only ``onnx``, ``numpy``,
+``Pillow`` and ``onnxruntime`` or ``openvino`` (``runtime="auto"``, the default, takes ONNX Runtime where it is
+installed: it ran our fp32 and int8 files faster than OpenVINO at batch 1 and 32, docs/benchmarks.md). Files
+are read by the package's one image reader (:mod:`efficientvim.images`) and labelled with the class names
+stored in the file at export, so the answers match ``efficientvim predict``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from .errors import ExportError, import_extra
 from .images import read_image, to_rgb
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+PREDICTOR_RUNTIMES = ("auto", "onnxruntime", "openvino")
 
 
 class OnnxPredictor:
@@ -29,13 +32,20 @@ class OnnxPredictor:
     size / crop_pct, centre-crop to size, scale to [0, 1], normalise with mean and std.
 
     Args:
-        path: an ONNX file written by ``export_onnx`` (a classifier).
-        threads: intra-op threads for ONNX Runtime; default: its own choice.
+        path: an ONNX file written by ``export_onnx`` (a classifier), fp32 or int8.
+        threads: inference threads; default: the runtime's own choice.
+        runtime: ``"onnxruntime"``, ``"openvino"`` or ``"auto"``: ONNX Runtime if installed, else OpenVINO
+            (which one ran is in :attr:`runtime`).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, runtime: str = "auto") -> None:
+        from .sessions import onnxruntime_session, openvino_request
+
+        if runtime not in PREDICTOR_RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}: choose from {', '.join(PREDICTOR_RUNTIMES)}")
         onnx = import_extra("onnx", "onnx", "OnnxPredictor")
-        ort = import_extra("onnxruntime", "onnx", "OnnxPredictor")
+        if runtime == "auto":
+            runtime = "openvino" if find_spec("onnxruntime") is None and find_spec("openvino") else "onnxruntime"
 
         path = Path(path)
         if not path.is_file():
@@ -47,12 +57,17 @@ class OnnxPredictor:
         meta = {p.key: json.loads(p.value) for p in props}
         if meta.get("input_size") is None:
             raise ExportError(f"{path} carries no EfficientViM preprocessing metadata: export it with export_onnx")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        if [o.name for o in self.session.get_outputs()] != ["logits"]:
-            raise ExportError(f"{path} is a feature extractor, not a classifier: run its session directly")
+        self.runtime = runtime
+        if runtime == "onnxruntime":
+            session = onnxruntime_session(path, threads)
+            outputs = [o.name for o in session.get_outputs()]
+            self._run = lambda batch: session.run(None, {"images": batch})[0]
+        else:
+            request = openvino_request(path, threads)
+            outputs = [name for o in request.model_outputs for name in sorted(o.get_names())[:1]]
+            self._run = lambda batch: request.infer({0: batch})[0]
+        if outputs != ["logits"]:
+            raise ExportError(f"{path} is a feature extractor, not a classifier: run it in the runtime directly")
         self.model_name = meta["model_name"]
         self.input_size = tuple(meta["input_size"])
         self.mean = np.asarray(meta["mean"], dtype=np.float32).reshape(-1, 1, 1)
@@ -88,7 +103,7 @@ class OnnxPredictor:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits of a preprocessed (B, C, H, W) float32 batch."""
-        return self.session.run(None, {"images": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return np.array(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5) -> list[list[tuple[str, float]]]:
         """The ``top_k`` (label, probability) pairs of each image, most likely first."""

@@ -1,15 +1,20 @@
-"""The runtimes a fused classifier runs in for ``predict`` and ``eval``: PyTorch, ONNX Runtime and OpenVINO.
+"""The runtimes a fused classifier runs in for ``predict``, ``eval``, ``embed`` and the demo: PyTorch, ONNX
+Runtime and OpenVINO, and ``auto``, the fastest of them installed.
 
 ``inference_model(model, runtime, precision)`` is what those commands run: the fused model
-(:func:`efficientvim.fuse`) in PyTorch, or the same fused graph written to a temporary ONNX file (the one
-writer, :func:`efficientvim.export.write_onnx`: dynamic batch, height and width) and run by ONNX Runtime or
-OpenVINO on the CPU. The session settings (threads, no spinning, OpenVINO's precision hint) are the
-benchmark's own, so a command runs what ``efficientvim bench --runtimes`` timed.
+(:func:`efficientvim.fuse`) in PyTorch, or the same fused graph written as ONNX (the one writer,
+:func:`efficientvim.export.write_onnx`: dynamic batch, height and width; kept in :mod:`.onnx_cache` so that the
+next command on the same weights does not trace it again) and run by ONNX Runtime or OpenVINO on the CPU. The
+session settings (threads, no spinning, OpenVINO's precision hint) are the benchmark's own, so a command runs
+what ``efficientvim bench --runtimes`` timed.
+
+``auto`` (:func:`auto_runtime`) is a rule backed by ``bench`` runs on AMD Zen 4 (docs/benchmarks.md, "The
+runtime matrix"): on a CPU, fp32 runs fastest in ONNX Runtime at batch 1 and 32, then OpenVINO, then PyTorch;
+bf16 in OpenVINO, then PyTorch (ONNX Runtime's CPU provider has no bf16); on a GPU only PyTorch runs.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +24,44 @@ from torch import nn
 
 from .deploy import PRECISION_DTYPES, fuse
 from .errors import EfficientViMError
-from .export.onnx import onnxruntime_session
-from .export.openvino import openvino_request
+from .onnx_cache import load_cached_onnx
+from .sessions import onnxruntime_session, openvino_request
 
 INFERENCE_RUNTIMES = ("eager", "onnxruntime", "openvino")
+AUTO = "auto"
 # what each runtime runs a float model in (int8 needs calibration: `efficientvim export --precision int8`)
 INFERENCE_PRECISIONS = {"eager": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+# what each file runtime needs installed (the ONNX export it runs, and the runtime), and the extra that installs it
+RUNTIME_EXTRAS = {"onnxruntime": (("onnx", "onnxruntime"), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
+# auto's preference on a CPU, fastest first, per precision (the rule docs/benchmarks.md's matrix backs)
+AUTO_ORDER = {"fp32": ("onnxruntime", "openvino", "eager"), "bf16": ("openvino", "eager")}
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
+def missing_modules(runtime: str) -> list[str]:
+    """The modules ``runtime`` needs that are not installed (none for eager)."""
+    return [m for m in RUNTIME_EXTRAS.get(runtime, ((), None))[0] if not installed(m)]
+
+
+def auto_runtime(precision: str, device: str = "cpu") -> tuple[str, str]:
+    """The runtime ``auto`` picks for ``precision`` on ``device`` (``"cpu"`` or a GPU), and why, in a phrase:
+    the first of :data:`AUTO_ORDER` that is installed on a CPU, PyTorch on a GPU."""
+    if device != "cpu":
+        return "eager", f"PyTorch is the runtime here that runs on {device}"
+    order = AUTO_ORDER[precision]
+    for runtime in order:
+        if not missing_modules(runtime):
+            skipped = [f"{r} is not installed" for r in order[: order.index(runtime)]]
+            why = f"the fastest {precision} runtime on a CPU" if not skipped else \
+                f"the fastest {precision} runtime installed ({'; '.join(skipped)})"
+            return runtime, why
+    raise AssertionError("eager is always installed")
 
 
 class FileRuntimeModel(nn.Module):
@@ -41,10 +78,9 @@ class FileRuntimeModel(nn.Module):
         self.runtime, self.precision = runtime, precision
         threads = threads or torch.get_num_threads()
         size = tuple(model.pretrained_cfg["input_size"][-2:])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            write_onnx(fuse(model.cpu(), layout=EXPORT_LAYOUT), path, size)
-            self._run = self._runner(path, runtime, precision, threads)  # the file is read in full here
+        self._run = load_cached_onnx(  # the runtimes read the file in full when they load it
+            model.cpu(), size, lambda path: write_onnx(fuse(model, layout=EXPORT_LAYOUT), path, size),
+            lambda path: self._runner(path, runtime, precision, threads))
 
     @staticmethod
     def _runner(path: Path, runtime: str, precision: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -61,8 +97,11 @@ class FileRuntimeModel(nn.Module):
 def check_runtime_precision(runtime: str, precision: str) -> None:
     """Raise unless ``runtime`` runs ``precision`` (``INFERENCE_PRECISIONS``): the same answer on every CPU, asked
     before whether this CPU has the precision natively (where it does not, a runtime that takes it runs fp32)."""
+    if runtime == AUTO:
+        runtime = "eager"  # auto picks among the runtimes that run the precision; eager runs them all
     if runtime not in INFERENCE_RUNTIMES:
-        raise EfficientViMError(f"unknown runtime {runtime!r}: choose from {', '.join(INFERENCE_RUNTIMES)}")
+        raise EfficientViMError(
+            f"unknown runtime {runtime!r}: choose from {', '.join((AUTO, *INFERENCE_RUNTIMES))}")
     if precision not in INFERENCE_PRECISIONS[runtime]:
         raise EfficientViMError(
             f"--runtime {runtime} runs {' or '.join(INFERENCE_PRECISIONS[runtime])}, not {precision}; int8: write "
@@ -71,9 +110,11 @@ def check_runtime_precision(runtime: str, precision: str) -> None:
 
 def inference_model(model: nn.Module, runtime: str = "eager", precision: str = "fp32",
                     threads: int | None = None) -> nn.Module:
-    """``model`` ready for inference in ``runtime`` (``INFERENCE_RUNTIMES``) and ``precision``: fused in
+    """``model`` ready for inference in ``runtime`` (``INFERENCE_RUNTIMES`` or ``"auto"``) and ``precision``: fused in
     PyTorch, or a :class:`FileRuntimeModel`. ``precision`` must be one the runtime runs
     (``INFERENCE_PRECISIONS``) and, for bf16, one the device has natively (the caller checks that)."""
+    if runtime == AUTO:
+        runtime = auto_runtime(precision, next(model.parameters()).device.type)[0]
     check_runtime_precision(runtime, precision)
     if runtime == "eager":
         return fuse(model, dtype=PRECISION_DTYPES[precision])

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from ..export import native_stderr_silenced, write_onnx
-from ..export.onnx import onnxruntime_session
-from ..export.openvino import openvino_request
 from ..registry import create_model
+from ..sessions import onnxruntime_session, openvino_request
 from .models import (
     CUDA_RUNTIMES,
     FILE_RUNTIMES,

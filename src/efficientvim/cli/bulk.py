@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..errors import EfficientViMError
-from .common import model_from_args, positive_int, printable, resolve_precision, warn_if_random
+from .common import model_from_args, positive_int, printable, resolve_precision, resolve_runtime, warn_if_random
 
 
 def add_bulk_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -41,7 +41,8 @@ def run_bulk_command(args: argparse.Namespace, task: str, topk: int = 5) -> int:
         set_input_size(model, args.img_size)
     warn_if_random(args)
     precision = resolve_precision(args.precision, None, args.runtime)
-    summary = run_bulk(model, args.source, args.output, task, topk=topk, engine=args.engine, runtime=args.runtime,
+    runtime = resolve_runtime(args.runtime, precision)
+    summary = run_bulk(model, args.source, args.output, task, topk=topk, engine=args.engine, runtime=runtime,
                        precision=precision, batch_size=args.batch_size, rows_per_part=args.rows_per_part,
                        threads=args.threads, overwrite=args.overwrite, quiet=args.quiet,
                        address=args.address or os.environ.get("RAY_ADDRESS"),

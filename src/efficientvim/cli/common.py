@@ -128,19 +128,17 @@ def model_from_args(args: argparse.Namespace):
     return create_model(args.model, checkpoint=args.checkpoint).eval()
 
 
-def resolve_precision(precision: str, device: str | None = None, runtime: str = "eager") -> str:
+def resolve_precision(precision: str, device: str | None = None, runtime: str = "auto") -> str:
     """``precision`` if ``runtime`` takes it (else an error, whatever the CPU) and ``device`` (default: the GPU if
     any, else the CPU) runs it natively; else fp32 with a one-line note on stderr saying why (emulated bf16 would
     be slower than fp32)."""
-    import torch
-
     from ..deploy import PRECISION_DTYPES
     from ..kernels import native_precision
     from ..runtimes import check_runtime_precision
 
     check_runtime_precision(runtime, precision)
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     why = native_precision(PRECISION_DTYPES[precision], device)
     if why:
         print(f"note: {why}: running fp32, which is faster here", file=sys.stderr)
@@ -148,24 +146,48 @@ def resolve_precision(precision: str, device: str | None = None, runtime: str = 
     return precision
 
 
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_runtime(runtime: str, precision: str, device: str | None = None) -> str:
+    """``runtime``, or for ``auto`` the fastest installed for ``precision`` on ``device``
+    (:func:`efficientvim.runtimes.auto_runtime`), named in one line on stderr."""
+    from ..runtimes import AUTO, auto_runtime
+
+    if runtime != AUTO:
+        return runtime
+    runtime, why = auto_runtime(precision, device or default_device())
+    print(f"runtime: {runtime} {precision} ({why}; --runtime chooses another)", file=sys.stderr)
+    return runtime
+
+
+RUNTIME_CHOICES = ("auto", "eager", "onnxruntime", "openvino")
+
+
 def add_runtime_args(p: argparse.ArgumentParser, what: str) -> None:
-    """--precision and --runtime of the commands that run a fused classifier (predict, eval)."""
+    """--precision and --runtime of the commands that run a fused classifier (predict, eval, embed, demo)."""
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help=f"{what} runs the fused model (efficientvim.fuse) in this precision; bf16 where the device "
                    "has it natively (else fp32, with a note); same top-1 as fp32 on 99.6-100%% of images in our "
                    "measurements")
-    p.add_argument("--runtime", choices=("eager", "onnxruntime", "openvino"), default="eager",
-                   help="eager: PyTorch (CPU or GPU); onnxruntime ('efficientvim[onnx]', fp32) or openvino "
-                   "('efficientvim[openvino]', fp32 or bf16): the fused graph exported on the fly, CPU only")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="auto (default): the fastest installed for the precision, named on stderr (CPU, fp32: "
+                   "onnxruntime, then openvino, then eager; bf16: openvino, then eager; GPU: eager); eager: "
+                   "PyTorch (CPU or GPU); onnxruntime ('efficientvim[onnx]', fp32) or openvino "
+                   "('efficientvim[openvino]', fp32 or bf16): the fused graph exported once and cached, CPU only")
 
 
-def inference_for(model, precision: str = "fp32", runtime: str = "eager"):
+def inference_for(model, precision: str = "fp32", runtime: str = "auto"):
     """The inference copy of ``model`` a command runs: fused (``efficientvim.fuse``) in ``precision``, in
-    PyTorch or a file runtime (``efficientvim.runtimes``)."""
+    PyTorch or a file runtime (``efficientvim.runtimes``); ``auto`` resolved and named on stderr."""
     from ..runtimes import inference_model
 
     device = next(model.parameters()).device.type
-    return inference_model(model, runtime, resolve_precision(precision, device, runtime))
+    precision = resolve_precision(precision, device, runtime)
+    return inference_model(model, resolve_runtime(runtime, precision, device), precision)
 
 
 def has_random_weights(args: argparse.Namespace) -> bool:

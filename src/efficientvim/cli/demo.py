@@ -101,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, cache: Path) -> int:
     from ..demo import serve
-    from .common import has_random_weights, model_from_args, resolve_precision, warn_if_random
+    from .common import has_random_weights, model_from_args, resolve_precision, resolve_runtime, warn_if_random
 
     model = model_from_args(args)
     # as predict: a runtime that does not take the precision is refused, one the CPU lacks falls back with a note
-    precision = resolve_precision(args.precision, next(model.parameters()).device.type, args.runtime)
+    device = next(model.parameters()).device.type
+    precision = resolve_precision(args.precision, device, args.runtime)
     warn_if_random(args)  # once the arguments are known good, as predict says it
+    args.runtime = resolve_runtime(args.runtime, precision, device)
     random = has_random_weights(args)
     source = "random (no --checkpoint: the outputs mean nothing)" if random else (args.checkpoint or args.model)
     return serve(model, source, args.runtime, precision, random, host=args.host, port=args.port,

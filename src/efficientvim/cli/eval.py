@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_runtime_args, input_size, non_negative_int, positive_int, resolve_precision
+from .common import add_runtime_args, input_size, non_negative_int, positive_int, resolve_precision, resolve_runtime
 from .train import DENSE_TASKS
 
 HELP = "top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); mAP or mIoU with --task"
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.task != "classification":
         wrong = [o for o, v in (("--model", args.model), ("--dataset", args.dataset), ("--img-size", args.img_size),
                                 ("--amp", args.amp), ("--strict-data", args.strict_data),
-                                ("--precision", args.precision != "fp32"), ("--runtime", args.runtime != "eager")) if v]
+                                ("--precision", args.precision != "fp32"),
+                                ("--runtime", args.runtime not in ("auto", "eager"))) if v]
         if wrong:
             raise EfficientViMError(f"{', '.join(wrong)} applies to classification only, not --task {args.task}")
         from ..train.dense import evaluate_dense_checkpoint, metric_line
@@ -48,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
         raise EfficientViMError("--val-ann applies to --task detection only")
     from ..train import evaluate_checkpoint
 
+    if args.amp and args.runtime == "auto":
+        args.runtime = "eager"  # autocast is PyTorch's
+    precision = resolve_precision(args.precision, runtime=args.runtime)
     m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size,
                             args.batch_size or 64, args.workers, args.amp, args.strict_data,
-                            resolve_precision(args.precision, runtime=args.runtime), args.runtime)
+                            precision, resolve_runtime(args.runtime, precision))
     left_out = ""
     if m["unreadable"]:
         names = ", ".join(m["unreadable_files"][:5]) + (", ..." if m["unreadable"] > 5 else "")

@@ -21,12 +21,10 @@ from torch import nn
 
 from ..images import check_min_side, read_image
 from ..predict import class_names, make_transform, min_image_side, top_k
-from ..runtimes import INFERENCE_PRECISIONS, INFERENCE_RUNTIMES, inference_model
+from ..runtimes import INFERENCE_PRECISIONS, INFERENCE_RUNTIMES, RUNTIME_EXTRAS, inference_model, missing_modules
 
 TOP_K = 5
 COMPARE_REPEATS = 10  # timed forward passes per runtime in the comparison (after two untimed ones)
-# what each runtime needs installed (the ONNX export it runs, and the runtime), and the extra that installs it
-RUNTIME_EXTRAS = {"onnxruntime": (("onnx", "onnxruntime"), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
 
 
 @dataclass
@@ -176,9 +174,8 @@ class DemoSession:
             for precision in INFERENCE_PRECISIONS[runtime]:
                 row = dict(runtime=runtime, precision=precision, predictions=[], ms=None, note="")
                 rows.append(row)
-                modules, extra = RUNTIME_EXTRAS.get(runtime, ((), None))
-                if not all(_installed(m) for m in modules):
-                    row["note"] = f"not installed: pip install 'efficientvim[{extra}]'"
+                if missing_modules(runtime):
+                    row["note"] = f"not installed: pip install 'efficientvim[{RUNTIME_EXTRAS[runtime][1]}]'"
                     continue
                 why = native_precision(PRECISION_DTYPES[precision], "cpu")
                 if why:
@@ -194,9 +191,3 @@ class DemoSession:
                 row["predictions"] = top_k(logits, TOP_K, self.names)[0]
                 row["ms"] = statistics.median(times)
         return rows
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None

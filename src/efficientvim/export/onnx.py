@@ -135,15 +135,3 @@ def weights_phrase(report: dict) -> str:
     """Which int8 weights were written and where they run exactly (``efficientvim.quantize.WEIGHT_BITS``)."""
     where = "exact on every x86 CPU" if report["weight_bits"] == 7 else "exact only on CPUs with VNNI"
     return f"{report['weight_bits']}-bit weights, {where}"
-
-
-def onnxruntime_session(path: str | os.PathLike, threads: int):
-    """An ONNX Runtime CPU session of ``path`` on ``threads`` threads, all graph optimisations, idle threads
-    sleeping instead of spinning (they would take the cores from image decoding or other processes)."""
-    ort = import_extra("onnxruntime", "onnx", "The onnxruntime runtime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -66,16 +66,3 @@ def export_openvino(
     error = verify(reference, lambda x: [compiled(x.numpy())[o] for o in compiled.outputs], sizes,
                     f"OpenVINO export {path}", "fp16" if precision == "fp16" else "fp32")
     return {"error": error}
-
-
-def openvino_request(path: str | os.PathLike, threads: int, precision: str = "fp32"):
-    """An OpenVINO CPU infer request of the ONNX or IR file ``path``; ``precision`` is the inference hint
-    (OpenVINO would otherwise choose bf16 by itself on CPUs that have it)."""
-    ov = import_extra("openvino", "openvino", "The openvino runtime")
-    hint = "bf16" if precision == "bf16" else "f32"
-    core = ov.Core()
-    # an IR (.xml) is read as written; an ONNX file goes through OpenVINO's converter
-    model = core.read_model(str(path)) if Path(path).suffix == ".xml" else ov.convert_model(str(path))
-    compiled = core.compile_model(model, "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
-    return compiled.create_infer_request()

@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..sessions import onnxruntime_session, openvino_request
 from .common import MIN_OPSET
 from .coreml import export_coreml
 from .executorch import export_executorch, load_executorch
 from .litert import export_litert, load_litert
-from .onnx import export_onnx, export_onnx_int8, onnxruntime_session, weights_phrase
-from .openvino import export_openvino, openvino_request
+from .onnx import export_onnx, export_onnx_int8, weights_phrase
+from .openvino import export_openvino
 from .torchscript import export_torchscript
 
 
