@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import efficientvim as ev
+from efficientvim.runtimes import auto_runtime
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -96,7 +97,7 @@ def test_predict_writes_one_row_per_path_equal_to_predict_json(tmp_path, photos,
     assert schema.field("topk_probabilities").type == pa.list_(pa.float32())
     recorded = json.loads(schema.metadata[b"efficientvim"])
     assert recorded["model"] == "efficientvim_m1" and recorded["topk"] == 3 and len(recorded["weights_sha256"]) == 64
-    assert recorded["preprocessing"]["input_size"] == [3, 96, 96] and recorded["runtime"] == "eager"
+    assert recorded["preprocessing"]["input_size"] == [3, 96, 96] and recorded["runtime"] == auto_runtime("fp32")[0]
 
 
 def test_embed_writes_the_models_pooled_features_to_one_file(tmp_path, photos, checkpoint):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import efficientvim
+from efficientvim import runtimes
 from efficientvim.cli import main
 from efficientvim.cli.common import MIN_IMG_SIZE
 from train_helpers import make_folder
@@ -215,8 +216,11 @@ def test_predict_on_a_folder_names_the_files_it_did_not_read(files, tmp_path, ca
     assert main(["predict", str(folder), "--checkpoint", str(files["ckpt"]), "--topk", "1", "--json"]) == 0
     captured = capsys.readouterr()
     assert [r["image"] for r in json.loads(captured.out)] == [str(folder / "photo.png")]
-    assert captured.err.strip() == (f"note: skipped 2 files that are not images of the formats read: "
-                                    f"{folder / 'IMG_0001.heic'}, {folder / 'notes.txt'}")
+    note, *rest = captured.err.splitlines()
+    assert note == (f"note: skipped 2 files that are not images of the formats read: "
+                    f"{folder / 'IMG_0001.heic'}, {folder / 'notes.txt'}")
+    assert rest == [f"runtime: {runtimes.auto_runtime('fp32')[0]} fp32 ({runtimes.auto_runtime('fp32')[1]}; "
+                    "--runtime chooses another)"]  # the runtime --runtime auto chose, once the inputs are read
 
 
 @pytest.mark.parametrize("module", ["onnx", "onnxruntime"])

@@ -151,17 +151,21 @@ def test_onnx_predictor_labels_a_1000_class_model_as_the_cli_does(tmp_path, caps
     assert all(not name.isdigit() for name, _ in ours)  # ImageNet's names, not indices
 
 
-def test_onnx_predictor_imports_without_torch(onnx_file):
+def test_onnx_predictor_imports_without_torch(onnx_file, tmp_path):
     _, path, _ = onnx_file
     code = ("import sys; from efficientvim.onnx_predictor import OnnxPredictor; "
             f"print(OnnxPredictor({str(path)!r}).predict(__import__('numpy').zeros((64, 64, 3), 'uint8'))[0][0][0]); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm')))")
     src = str(Path(efficientvim.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    (tmp_path / "tmp").mkdir()
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": src})
+                         env={**env, "PYTHONPATH": src, "TMPDIR": str(tmp_path / "tmp")})
     assert run.returncode == 0, run.stderr
     label, modules = run.stdout.strip().splitlines()
     assert label in ("cat", "dog", "fox") and modules == "[]"
+    # ONNX Runtime's telemetry is off: it would have kept a device id in $TMPDIR/.ses (and sent events)
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_export_cli_writes_a_verified_onnx_file(tmp_path, capsys):

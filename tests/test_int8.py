@@ -19,6 +19,7 @@ import efficientvim as ev
 from efficientvim.cli import main
 from efficientvim.data import DigitsDataset
 from efficientvim.predict import make_transform
+from efficientvim.runtimes import auto_runtime
 
 ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
 
@@ -148,7 +149,9 @@ def test_eval_and_predict_run_the_fused_model_in_the_asked_precision(digits_mode
     DigitsDataset("val").images[0].save(tmp_path / "digit.png")
     assert main(["predict", str(tmp_path / "digit.png"), "--checkpoint", best, "--precision", "bf16"]) == 0
     captured = capsys.readouterr()
-    assert captured.err == "note: no bf16 here (test): running fp32, which is faster here\n"
+    assert captured.err.splitlines() == ["note: no bf16 here (test): running fp32, which is faster here",
+                                         f"runtime: {auto_runtime('fp32')[0]} fp32 ({auto_runtime('fp32')[1]}; "
+                                         "--runtime chooses another)"]  # auto chooses for the precision run
     assert captured.out.startswith(str(tmp_path / "digit.png"))
 
 
@@ -183,7 +186,7 @@ def test_eval_and_predict_run_in_a_file_runtime(digits_model, runtime, capsys, t
     parser = argparse.ArgumentParser()
     add_runtime_args(parser, "predict")
     choices = next(a.choices for a in parser._actions if a.dest == "runtime")
-    assert tuple(choices) == INFERENCE_RUNTIMES
+    assert tuple(choices) == ("auto", *INFERENCE_RUNTIMES)
     if runtime == "onnxruntime":  # what it cannot run is said in one line, naming what to do, on every CPU
         import efficientvim.kernels
 

@@ -12,9 +12,15 @@ so the command line answers ``--help`` and the ONNX predictor runs without loadi
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
+
+# ONNX Runtime's official Linux builds send usage events to Microsoft over HTTPS and keep a persistent device id in
+# $TMPDIR/.ses from its first import (its Privacy.md); this package runs ONNX Runtime by default (--runtime auto), so
+# it turns that off, as the demo turns Gradio's analytics off. Set ORT_DISABLE_TELEMETRY=0 to keep it on.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
 

@@ -78,6 +78,12 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
+def _touch(path: Path) -> None:
+    """Mark ``path`` most recently used, to the nanosecond (file times the kernel sets are milliseconds coarse)."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
 def _trim(folder: Path) -> None:
     """Keep the :data:`KEEP` most recently used graphs within :data:`KEEP_BYTES`; remove temporary files left
     by a dead writer."""
@@ -88,7 +94,7 @@ def _trim(folder: Path) -> None:
             if now - info.st_mtime > STALE_PART_S:
                 _discard(Path(entry.path))
         elif entry.name.endswith(".onnx"):
-            graphs.append((info.st_mtime, info.st_size, entry.path))
+            graphs.append((info.st_mtime_ns, info.st_size, entry.path))
     total = 0
     for rank, (_, size, path) in enumerate(sorted(graphs, reverse=True)):
         total += size
@@ -109,7 +115,7 @@ def load_cached_onnx(model: nn.Module, size: tuple[int, int], write: Callable[[P
         except Exception:  # noqa: BLE001 - a damaged cached file is traced again, whatever the runtime raised
             _discard(path)
         else:
-            os.utime(path)  # most recently used
+            _touch(path)
             return result
     elif os.path.lexists(path):  # a link or anything else planted under the graph's name is not read
         _discard(path)
@@ -119,6 +125,7 @@ def load_cached_onnx(model: nn.Module, size: tuple[int, int], write: Callable[[P
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_bytes(path, traced.read_bytes())  # whole or not at all
+            _touch(path)
         except (OSError, DiskFullError):  # no cache here: the graph lives as long as this call
             return load(traced)
     _trim(folder)

@@ -25,10 +25,11 @@ ENGINES = ("local", "ray")
 def run_bulk(model: nn.Module, source: str, out: str | os.PathLike, task: str = "predict", *, topk: int = 5,
              engine: str = "local", runtime: str = "eager", precision: str = "fp32", batch_size: int = 32,
              rows_per_part: int = 1024, threads: int | None = None, overwrite: bool = False, quiet: bool = False,
-             address: str | None = None, log=print) -> dict:
+             address: str | None = None, log=print, announce: str | None = None) -> dict:
     """Run ``task`` (predict or embed) over ``source`` into ``out`` (a folder of parts or a ``.parquet`` file) and
     return the summary: ``listed``, ``done`` (rows written now), ``errors``, ``skipped`` (already in ``out``),
-    ``seconds``, ``images_per_s``, ``rows`` (in ``out``), ``repeated`` (entries listed twice, kept once)."""
+    ``seconds``, ``images_per_s``, ``rows`` (in ``out``), ``repeated`` (entries listed twice, kept once).
+    ``announce``: a line ``log`` says once there is work to do (the runtime ``auto`` chose)."""
     if engine not in ENGINES:
         raise EfficientViMError(f"unknown engine {engine!r}: local or ray")
     paths, repeated = list_source(source)
@@ -43,6 +44,8 @@ def run_bulk(model: nn.Module, source: str, out: str | os.PathLike, task: str = 
         summary["rows"] = output.finish()
         log(f"nothing to do: all {len(paths)} paths of {source} are in {out}")
         return summary
+    if announce:
+        log(announce)
     progress, close = timed_progress(len(todo), task, quiet)
     try:
         if engine == "local":

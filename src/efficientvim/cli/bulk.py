@@ -41,8 +41,9 @@ def run_bulk_command(args: argparse.Namespace, task: str, topk: int = 5) -> int:
         set_input_size(model, args.img_size)
     warn_if_random(args)
     precision = resolve_precision(args.precision, None, args.runtime)
-    runtime = resolve_runtime(args.runtime, precision)
+    runtime, line = resolve_runtime(args.runtime, precision)
     summary = run_bulk(model, args.source, args.output, task, topk=topk, engine=args.engine, runtime=runtime,
+                       announce=line,
                        precision=precision, batch_size=args.batch_size, rows_per_part=args.rows_per_part,
                        threads=args.threads, overwrite=args.overwrite, quiet=args.quiet,
                        address=args.address or os.environ.get("RAY_ADDRESS"),

@@ -152,16 +152,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_runtime(runtime: str, precision: str, device: str | None = None) -> str:
-    """``runtime``, or for ``auto`` the fastest installed for ``precision`` on ``device``
-    (:func:`efficientvim.runtimes.auto_runtime`), named in one line on stderr."""
+def resolve_runtime(runtime: str, precision: str, device: str | None = None) -> tuple[str, str | None]:
+    """(``runtime``, None), or for ``auto`` the fastest installed for ``precision`` on ``device``
+    (:func:`efficientvim.runtimes.auto_runtime`) and the line that names it, which the command prints on stderr
+    once its inputs are known good (a mistake stays one line)."""
     from ..runtimes import AUTO, auto_runtime
 
     if runtime != AUTO:
-        return runtime
+        return runtime, None
     runtime, why = auto_runtime(precision, device or default_device())
-    print(f"runtime: {runtime} {precision} ({why}; --runtime chooses another)", file=sys.stderr)
-    return runtime
+    return runtime, f"runtime: {runtime} {precision} ({why}; --runtime chooses another)"
+
+
+def say(line: str | None) -> None:
+    """``line`` on stderr, if there is one."""
+    if line:
+        print(line, file=sys.stderr)
 
 
 RUNTIME_CHOICES = ("auto", "eager", "onnxruntime", "openvino")
@@ -182,12 +188,15 @@ def add_runtime_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def inference_for(model, precision: str = "fp32", runtime: str = "auto"):
     """The inference copy of ``model`` a command runs: fused (``efficientvim.fuse``) in ``precision``, in
-    PyTorch or a file runtime (``efficientvim.runtimes``); ``auto`` resolved and named on stderr."""
+    PyTorch or a file runtime (``efficientvim.runtimes``); ``auto`` resolved, and named on stderr once built."""
     from ..runtimes import inference_model
 
     device = next(model.parameters()).device.type
     precision = resolve_precision(precision, device, runtime)
-    return inference_model(model, resolve_runtime(runtime, precision, device), precision)
+    runtime, line = resolve_runtime(runtime, precision, device)
+    inference = inference_model(model, runtime, precision)
+    say(line)
+    return inference
 
 
 def has_random_weights(args: argparse.Namespace) -> bool:

@@ -108,8 +108,8 @@ def _serve(args: argparse.Namespace, cache: Path) -> int:
     device = next(model.parameters()).device.type
     precision = resolve_precision(args.precision, device, args.runtime)
     warn_if_random(args)  # once the arguments are known good, as predict says it
-    args.runtime = resolve_runtime(args.runtime, precision, device)
+    runtime, line = resolve_runtime(args.runtime, precision, device)
     random = has_random_weights(args)
     source = "random (no --checkpoint: the outputs mean nothing)" if random else (args.checkpoint or args.model)
-    return serve(model, source, args.runtime, precision, random, host=args.host, port=args.port,
-                 max_file_size_mb=args.max_file_size, cache=cache)
+    return serve(model, source, runtime, precision, random, host=args.host, port=args.port,
+                 max_file_size_mb=args.max_file_size, cache=cache, announce=line)

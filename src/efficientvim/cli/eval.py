@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_runtime_args, input_size, non_negative_int, positive_int, resolve_precision, resolve_runtime
+from .common import (
+    add_runtime_args,
+    input_size,
+    non_negative_int,
+    positive_int,
+    resolve_precision,
+    resolve_runtime,
+    say,
+)
 from .train import DENSE_TASKS
 
 HELP = "top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); mAP or mIoU with --task"
@@ -52,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.amp and args.runtime == "auto":
         args.runtime = "eager"  # autocast is PyTorch's
     precision = resolve_precision(args.precision, runtime=args.runtime)
+    runtime, line = resolve_runtime(args.runtime, precision)
     m = evaluate_checkpoint(args.checkpoint, args.model, args.data, args.dataset, args.img_size,
-                            args.batch_size or 64, args.workers, args.amp, args.strict_data,
-                            precision, resolve_runtime(args.runtime, precision))
+                            args.batch_size or 64, args.workers, args.amp, args.strict_data, precision, runtime)
+    say(line)
     left_out = ""
     if m["unreadable"]:
         names = ", ".join(m["unreadable_files"][:5]) + (", ..." if m["unreadable"] > 5 else "")

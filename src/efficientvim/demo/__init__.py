@@ -22,9 +22,10 @@ __all__ = ["DemoSession", "serve"]
 
 
 def serve(model: nn.Module, source: str, runtime: str, precision: str, random_weights: bool, host: str, port: int,
-          max_file_size_mb: int, cache: Path) -> int:
+          max_file_size_mb: int, cache: Path, announce: str | None = None) -> int:
     """Serve the page for ``model`` at http://host:port until Ctrl-C (exit code 0); uploads go to Gradio's
-    cache, which the caller points at ``cache`` and removes afterwards. Returns the exit code."""
+    cache, which the caller points at ``cache`` and removes afterwards; ``announce`` (the runtime ``auto``
+    chose) is said on stderr once the page is up. Returns the exit code."""
     from .app import CSS, build
     from .examples import examples_for
 
@@ -41,6 +42,8 @@ def serve(model: nn.Module, source: str, runtime: str, precision: str, random_we
         raise EfficientViMError(f"cannot serve on {host}:{port}: {why} (another server?): pass another --port"
                                 ) from None
     try:
+        if announce:
+            print(announce, file=sys.stderr, flush=True)
         print(f"efficientvim demo: {model.model_name} ({source}) at {app.local_url} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(0.5)
