@@ -35,8 +35,11 @@ def runner(path: str, runtime: str, threads: int, precision: str):
 def input_size(path: str) -> tuple[int, int]:
     import onnx
 
-    props = {p.key: json.loads(p.value) for p in onnx.load(path, load_external_data=False).metadata_props}
-    return tuple(props.get("input_size", (3, 224, 224))[-2:])
+    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    try:  # an export's metadata; a file quantized or written without it (bench) is timed at 224
+        return tuple(json.loads(props["input_size"])[-2:])
+    except (KeyError, ValueError):
+        return (224, 224)
 
 
 def main() -> None:
@@ -49,8 +52,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, help="input size (default: the file's metadata, else 224)")
     args = p.parse_args()
-    size = input_size(args.a)
+    size = (args.size, args.size) if args.size else input_size(args.a)
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3, *size)).astype(np.float32)
     runs = {name: runner(path, args.runtime, args.threads, args.precision) for name, path in (("a", args.a),
                                                                                               ("b", args.b))}
