@@ -1,6 +1,7 @@
 """Turn ``efficientvim bench`` results.json files into the Markdown tables of docs/benchmarks.md.
 
     python benchmarks/summarize.py RESULTS.json [MORE.json ...]
+    python benchmarks/summarize.py --matrix RESULTS.json [MORE.json ...]   # ours / SHViT per runtime, one table
 
 Prints one table per (precision, runtime, batch size, resolution): measured figures, the ratio against timm's
 reparameterised EfficientViM of the same variant (median of interleaved per-round ratios), and
@@ -55,5 +56,37 @@ def summarize(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def matrix(paths: list[str], target: float = 1.0) -> str:
+    """One row per (runtime, precision, batch): each fused EfficientViM's speed over its SHViT's (S1 for M1 ...), the
+    ratio of the two medians, with both images/s; a cell under ``target`` is bold (a gap)."""
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    machines = set()
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        machines.add(f"{data['meta']['machine']}, {data['meta']['threads']} threads")
+        for r in data["results"]:
+            if not r["error"]:
+                rows[r["runtime"], r["precision"], r["batch_size"]][r["model"].removesuffix("+fuse")] = r
+    out = [f"Sources: {', '.join(f'`{p}`' for p in paths)} ({'; '.join(sorted(machines))}). Each cell: EfficientViM's "
+           "images/s over SHViT's of the same size (ratio of medians), then both images/s; **bold**: under "
+           f"{target:.2f}x.\n",
+           "| runtime | precision | batch | M1 / S1 | M2 / S2 | M3 / S3 | M4 / S4 |", "|---|---|---:|---|---|---|---|"]
+    for (runtime, precision, batch), models in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])):
+        cells = []
+        for ours, peer in SHVIT_PEER.items():
+            if ours not in models or peer not in models:
+                cells.append("failed" if ours in models or peer in models else "")
+                continue
+            a, b = models[ours]["images_per_s"], models[peer]["images_per_s"]
+            ratio = f"{a / b:.2f}x"
+            cells.append(f"{f'**{ratio}**' if a / b < target else ratio} ({a:.0f} / {b:.0f})")
+        out.append(f"| {runtime} | {precision} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(summarize(sys.argv[1:]))
+    if sys.argv[1:2] == ["--matrix"]:
+        print(matrix(sys.argv[2:]))
+    else:
+        print(summarize(sys.argv[1:]))

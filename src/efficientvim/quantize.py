@@ -216,9 +216,11 @@ class _BatchOfTwoAtLeast(nn.Module):
         return self.compiled(x)
 
 
-def quantize_xnnpack(graph: nn.Module, images: list[torch.Tensor], float_boundary: bool = False) -> nn.Module:
+def quantize_xnnpack(graph: nn.Module, images: list[torch.Tensor], float_boundary: bool = False,
+                     batch: int = 1) -> nn.Module:
     """PyTorch 2 export quantization of an exported graph with XNNPACK's quantizer (per-channel symmetric
-    int8), calibrated image by image. ``float_boundary`` (LiteRT): the graph's input and output and every
+    int8), calibrated in batches of ``batch`` images, the batch the graph was exported at (the last batch filled
+    from the first images). ``float_boundary`` (LiteRT): the graph's input and output and every
     softmax output stay float32 and the weights stay as quantize/dequantize pairs, as litert-torch takes them
     (it folds a quantized input or output into the file's signature, and its int8 softmax has a fixed
     1/256 step)."""
@@ -240,6 +242,6 @@ def quantize_xnnpack(graph: nn.Module, images: list[torch.Tensor], float_boundar
 
         quantizer.set_filter_function(quantized)
     prepared = prepare_pt2e(graph, quantizer)
-    for image in images:
-        prepared(image[None])
+    for start in range(0, len(images), batch):
+        prepared(torch.stack([images[(start + i) % len(images)] for i in range(batch)]))
     return convert_pt2e(prepared, fold_quantize=not float_boundary)

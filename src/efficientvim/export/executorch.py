@@ -57,7 +57,7 @@ def lower_executorch(graph: nn.Module, sample: torch.Tensor, images: list[torch.
         warnings.simplefilter("ignore")
         program = torch.export.export(graph, (sample,))
         if images is not None:
-            program = torch.export.export(quantize_xnnpack(program.module(), images), (sample,))
+            program = torch.export.export(quantize_xnnpack(program.module(), images, batch=sample.shape[0]), (sample,))
         edge = lower(program, partitioner=[partitioner()])
         outside: dict[str, int] = {}
         for node in edge.exported_program().graph_module.graph.nodes:

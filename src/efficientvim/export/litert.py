@@ -61,7 +61,7 @@ def lower_litert(graph: nn.Module, sample: torch.Tensor, images: list[torch.Tens
             from litert_torch.quantize.quant_config import QuantConfig
 
             program = torch.export.export(graph, (sample,)).module()
-            graph = quantize_xnnpack(program, images, float_boundary=True)
+            graph = quantize_xnnpack(program, images, float_boundary=True, batch=sample.shape[0])
             # litert-torch reads only the mode (static int8) from its own quantizer's config
             static = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
             quant_config = QuantConfig(pt2e_quantizer=static)
