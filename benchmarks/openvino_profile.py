@@ -13,36 +13,20 @@ The counters add a little overhead; compare models within one run.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import openvino as ov
 import torch
-
-from efficientvim.bench import build_model, native_resolution, onnx_path
-from efficientvim.export import write_onnx
+from ort_profile import model_file, print_breakdown, profile_parser  # benchmarks/ is on the path when this script runs
 
 
 def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, precision: str
             ) -> tuple[float, Counter, Counter]:
     """(ms per call with the counters on, layer ms per call by executed type, layer count by executed type)."""
-    model = build_model(name, "openvino")
-    res = native_resolution(name)
-    path = onnx_path(name, workdir)
-    write_onnx(model, path)
-    if precision == "int8":
-        from efficientvim.bench import INT8_CALIBRATION_IMAGES
-        from efficientvim.bench.runners import Runner
-        from efficientvim.quantize import calibration_images, quantize_onnx
-
-        reference = Runner.reference(SimpleNamespace(name=name))
-        quantize_onnx(path, path.with_suffix(".int8.onnx"), calibration_images(reference, None,
-                                                                                 INT8_CALIBRATION_IMAGES))
-        path = path.with_suffix(".int8.onnx")
+    path, res = model_file(name, workdir, precision == "int8")
     core = ov.Core()
     compiled = core.compile_model(ov.convert_model(str(path)), "CPU", {
         "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -65,24 +49,15 @@ def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, prec
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--top", type=int, default=8, help="layer types listed per model")
+    parser = profile_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             ms, layer_ms, layers = profile(name, args.batch_size, args.threads, args.calls, Path(tmp), args.precision)
-            total = sum(layer_ms.values())
-            print(f"\n{name}: {args.precision}, batch {args.batch_size}, {args.threads} threads, {ms:.1f} ms per call "
-                  f"(median of {args.calls}, counters on), layers {total:.1f} ms")
-            for kind, t in layer_ms.most_common(args.top):
-                print(f"  {kind:24s} {t:7.2f} ms  {100 * t / total:5.1f}%  {layers[kind]:3d} layers")
-            rest = total - sum(t for _, t in layer_ms.most_common(args.top))
-            print(f"  {'other':24s} {rest:7.2f} ms  {100 * rest / total:5.1f}%")
+            print_breakdown(f"{name}: {args.precision}, batch {args.batch_size}, {args.threads} threads, {ms:.1f} ms "
+                            f"per call (median of {args.calls}, counters on), layers", layer_ms, layers, args.top,
+                            "layers")
 
 
 if __name__ == "__main__":

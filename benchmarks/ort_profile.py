@@ -27,13 +27,10 @@ from efficientvim.bench import build_model, native_resolution, onnx_path
 from efficientvim.export import write_onnx
 
 
-def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, int8: bool = False
-            ) -> tuple[float, Counter, Counter]:
-    """(ms per call without the profiler, kernel ms per call by op type, node count by op type)."""
-    model = build_model(name, "onnxruntime")
-    res = native_resolution(name)
+def model_file(name: str, workdir: Path, int8: bool = False) -> tuple[Path, int]:
+    """(the ONNX file ``bench`` times for ``name``, int8: quantized as bench quantizes it; its resolution)."""
     path = onnx_path(name, workdir)
-    write_onnx(model, path)
+    write_onnx(build_model(name, "onnxruntime"), path)
     if int8:
         from efficientvim.bench import INT8_CALIBRATION_IMAGES
         from efficientvim.bench.runners import Runner
@@ -43,6 +40,23 @@ def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, int8
         images = calibration_images(reference, None, INT8_CALIBRATION_IMAGES)
         quantize_onnx(path, path.with_suffix(".int8.onnx"), images)
         path = path.with_suffix(".int8.onnx")
+    return path, native_resolution(name)
+
+
+def print_breakdown(title: str, ms: Counter, counts: Counter, top: int, unit: str) -> None:
+    """``title``, then the ``top`` kinds by time per call (share, how many ``unit``), then the rest."""
+    total = sum(ms.values())
+    print(f"\n{title} {total:.1f} ms")
+    for kind, t in ms.most_common(top):
+        print(f"  {kind:24s} {t:7.2f} ms  {100 * t / total:5.1f}%  {counts[kind]:3d} {unit}")
+    rest = total - sum(t for _, t in ms.most_common(top))
+    print(f"  {'other':24s} {rest:7.2f} ms  {100 * rest / total:5.1f}%")
+
+
+def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, int8: bool = False
+            ) -> tuple[float, Counter, Counter]:
+    """(ms per call without the profiler, kernel ms per call by op type, node count by op type)."""
+    path, res = model_file(name, workdir, int8)
     x = torch.randn(batch, 3, res, res).numpy()
 
     def session(profiling: bool) -> ort.InferenceSession:
@@ -76,25 +90,26 @@ def profile(name: str, batch: int, threads: int, calls: int, workdir: Path, int8
     return times[len(times) // 2] * 1000, kernel_ms, Counter({k: v // calls for k, v in nodes.items()})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def profile_parser(description: str) -> argparse.ArgumentParser:
+    """The options every per-operator profile takes: models, batch, threads, calls, how many kinds to list."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("models", nargs="+")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--top", type=int, default=8, help="op types listed per model")
+    parser.add_argument("--top", type=int, default=8, help="kinds listed per model")
+    return parser
+
+
+def main() -> None:
+    parser = profile_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--int8", action="store_true", help="profile the int8 (static QDQ) file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             ms, kernel_ms, nodes = profile(name, args.batch_size, args.threads, args.calls, Path(tmp), args.int8)
-            total = sum(kernel_ms.values())
-            print(f"\n{name}: batch {args.batch_size}, {args.threads} threads, {ms:.1f} ms per call "
-                  f"(median of {args.calls}), kernels {total:.1f} ms")
-            for op, t in kernel_ms.most_common(args.top):
-                print(f"  {op:24s} {t:7.2f} ms  {100 * t / total:5.1f}%  {nodes[op]:3d} nodes")
-            rest = total - sum(t for _, t in kernel_ms.most_common(args.top))
-            print(f"  {'other':24s} {rest:7.2f} ms  {100 * rest / total:5.1f}%")
+            print_breakdown(f"{name}: batch {args.batch_size}, {args.threads} threads, {ms:.1f} ms per call "
+                            f"(median of {args.calls}), kernels", kernel_ms, nodes, args.top, "nodes")
 
 
 if __name__ == "__main__":
