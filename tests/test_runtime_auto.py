@@ -177,3 +177,16 @@ def test_onnx_predictor_runs_in_either_runtime_with_the_same_answers(checkpoint,
         assert [p for _, p in a] == pytest.approx([p for _, p in b], abs=1e-5)
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt': choose from auto, onnxruntime, openvino"):
         OnnxPredictor(path, runtime="tensorrt")
+
+
+def test_without_a_home_folder_nothing_is_cached_and_the_run_goes_on(checkpoint, photos, monkeypatch, capsys):
+    from pathlib import Path
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv(onnx_cache.CACHE_ENV)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    answers, err = predict_json(capsys, str(photos), "--checkpoint", str(checkpoint))
+    assert err == AUTO_FP32 and len(answers) == 3

@@ -107,7 +107,10 @@ def load_cached_onnx(model: nn.Module, size: tuple[int, int], write: Callable[[P
     """``load(path)`` of ``model``'s ONNX graph traced at ``size``: the cached file if there is one that loads,
     else one traced now by ``write(path)`` and cached; traced into a temporary folder where nothing can be
     cached. ``load`` must read the file in full (the cache may replace it later)."""
-    folder = cache_dir()
+    try:
+        folder = cache_dir()
+    except RuntimeError:  # no home folder to find (an arbitrary container user, no HOME): nothing is cached
+        folder = Path(os.devnull) / "efficientvim"  # under a file, so every write below falls back
     path = folder / f"{model_key(model, size)}.onnx"
     if _is_regular(path):
         try:
