@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,20 +14,17 @@ from torch import nn
 torch.set_num_threads(2)
 
 
+# The ONNX graphs --runtime auto caches go to the test session's own folder, never the user's: set at import, before
+# any test module copies os.environ for its subprocesses
+_CACHE = tempfile.mkdtemp(prefix="efficientvim-test-cache-")
+os.environ["EFFICIENTVIM_CACHE"] = _CACHE
+
+
 @pytest.fixture(scope="session", autouse=True)
-def onnx_cache(tmp_path_factory):
-    """The ONNX graphs ``--runtime auto`` caches live in the test session's own folder, not the user's."""
-    import os
-
-    from efficientvim.onnx_cache import CACHE_ENV
-
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ[CACHE_ENV]) / "onnx"
-    if before is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = before
+def onnx_cache():
+    """The session's ONNX cache folder, removed at the end."""
+    yield Path(_CACHE) / "onnx"
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -179,7 +179,10 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_path(tmp_path, check
         _, err = proc.communicate(timeout=60)
         if sig == signal.SIGTERM:
             assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
-        for part in out.glob("*"):  # every file there is a whole part (temporaries are hidden and never read)
+        for part in out.glob("*"):  # every file there is a whole part, or the hidden temporary of one cut short
+            if part.name.startswith("."):  # (a SIGKILL mid-write leaves it; the reader never lists it)
+                assert part.name.startswith(".part-") and part.name.endswith(".tmp"), part.name
+                continue
             assert part.name.startswith("part-") and pq.read_metadata(part).num_rows > 0
         kept = len(rows(out))
         assert 0 < kept < 240, "the test must stop the run half way"

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import (
-    add_runtime_args,
-    input_size,
-    non_negative_int,
-    positive_int,
-    resolve_precision,
-    resolve_runtime,
-    say,
-)
+from .common import add_runtime_args, input_size, non_negative_int, positive_int, resolve_precision
 from .train import DENSE_TASKS
 
 HELP = "top-1/top-5/loss of a checkpoint on an ImageFolder (default: digits val); mAP or mIoU with --task"
@@ -56,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.val_ann:
         raise EfficientViMError("--val-ann applies to --task detection only")
     from ..train import evaluate_checkpoint
+    from .common import resolve_runtime, say
 
     if args.amp and args.runtime == "auto":
         args.runtime = "eager"  # autocast is PyTorch's
