@@ -412,23 +412,18 @@ def test_the_format_registry_writes_and_reads_back_what_the_command_line_offers(
 
 def test_an_int8_executorch_program_of_a_batch_is_calibrated_in_batches_of_its_size(tmp_path):
     """bench times int8 ExecuTorch and LiteRT programs at batch 32: the program, exported at a fixed batch, is
-    calibrated on batches of that size (image by image it failed to reshape), on the same images as the batch-1
-    program, and gives each image the logits that one gives, within int8's steps (XNNPACK's histogram observers
-    bin by batch, so not to the bit)."""
+    calibrated on batches of that size (image by image it failed to reshape, for every model), and runs a batch."""
     pytest.importorskip("executorch", reason="the [executorch] extra is not installed")
     from efficientvim.export import load_executorch, lower_executorch
 
     model = randomize_(efficientvim.create_model("efficientvim_m1", num_classes=10, **TINY)).eval()
-    graph = efficientvim.fuse(model, layout="channels_first")
     images = [torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(5)]
-    logits = {}
-    for batch in (3, 1):  # batches of 3: images 0-2, then 3, 4, 0
-        program, _ = lower_executorch(graph, torch.zeros(batch, 3, 64, 64), images)
-        (tmp_path / f"q{batch}.pte").write_bytes(program)
-        method = load_executorch(tmp_path / f"q{batch}.pte")
-        x = torch.stack(images[:3])
-        logits[batch] = method.execute([x])[0] if batch == 3 else torch.cat([method.execute([i[None]])[0] for i in x])
-    assert logits[3].shape == (3, 10)
-    assert relative_error(logits[1], logits[3]) < 0.15
+    # batches of 3: images 0-2, then 3, 4 and 0 again
+    program, _ = lower_executorch(efficientvim.fuse(model, layout="channels_first"), torch.zeros(3, 3, 64, 64), images)
+    (tmp_path / "q.pte").write_bytes(program)
+    x = torch.stack(images[:3])
+    logits = load_executorch(tmp_path / "q.pte").execute([x])[0]
     with torch.no_grad():
-        assert relative_error(model(x), logits[3]) < 0.5  # int8 of a random model: near, not equal
+        expected = model(x)
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+    assert relative_error(expected, logits) < 0.5  # int8 of a random model: near the float logits, not equal

@@ -73,7 +73,8 @@ def gemm_bound(precision: str, device: str = "cpu", threads: int = 2, repeats: i
         for library, product in _products(precision, device, shape).items():
             for _ in range(2):
                 product()
-            rates = [flop / _seconds(product, device) / 1e9 for _ in range(repeats)]
+            # to 0.1 GFLOP/s, as results.json keeps them: the printed line and the file then round alike
+            rates = [round(flop / _seconds(product, device) / 1e9, 1) for _ in range(repeats)]
             if best is None or max(rates) > best.gflops:
                 best = GemmBound(max(rates), (min(rates), max(rates)), shape, library)
     return best
