@@ -297,10 +297,10 @@ def test_a_real_browser_uploads_a_photo_and_reads_the_top_label(server, checkpoi
 
 
 def test_the_comparison_names_the_extra_a_runtime_lacks_and_the_picture_is_drawn(checkpoint, files, monkeypatch):
-    from efficientvim import runtimes
+    from efficientvim import sessions
     from efficientvim.demo import DemoSession
 
-    monkeypatch.setattr(runtimes, "installed", lambda module: module != "onnx")  # the runtimes, not onnx
+    monkeypatch.setattr(sessions, "installed", lambda module: module != "onnx")  # the runtimes, not onnx
     session = DemoSession(ev.load_model(checkpoint), str(checkpoint))
     rows = {(r["runtime"], r["precision"]): r for r in session.compare(files["cat.jpg"], "cat.jpg", repeats=1)}
     assert rows["onnxruntime", "fp32"]["note"] == "not installed: pip install 'efficientvim[onnx]'"

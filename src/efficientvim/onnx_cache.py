@@ -8,7 +8,7 @@ size traced at, and the versions of torch and of this package's own source. File
 (:func:`efficientvim.writing.write_bytes`) and only regular files are read; a cached file a runtime cannot
 load is replaced; where the cache cannot be written (read-only home, full disk) the graph traced for the run
 is used and dropped, as before the cache. The most recently used :data:`KEEP` files are kept, at most
-:data:`KEEP_BYTES` in all (an fp32 M4 graph is about 80 MB).
+:data:`KEEP_BYTES` in all (an fp32 M4 graph is 67 MB).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,14 @@ class OnnxPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, runtime: str = "auto") -> None:
-        from .sessions import onnxruntime_session, openvino_request
+        from .sessions import missing_modules, onnxruntime_session, openvino_request
 
         if runtime not in PREDICTOR_RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}: choose from {', '.join(PREDICTOR_RUNTIMES)}")
         onnx = import_extra("onnx", "onnx", "OnnxPredictor")
-        if runtime == "auto":
-            runtime = "openvino" if find_spec("onnxruntime") is None and find_spec("openvino") else "onnxruntime"
+        if runtime == "auto":  # ONNX Runtime, else OpenVINO; neither: ONNX Runtime's import names the extra
+            fallback = missing_modules("onnxruntime") and not missing_modules("openvino")
+            runtime = "openvino" if fallback else "onnxruntime"
 
         path = Path(path)
         if not path.is_file():

@@ -25,28 +25,14 @@ from torch import nn
 from .deploy import PRECISION_DTYPES, fuse
 from .errors import EfficientViMError
 from .onnx_cache import load_cached_onnx
-from .sessions import onnxruntime_session, openvino_request
+from .sessions import missing_modules, onnxruntime_session, openvino_request
 
 INFERENCE_RUNTIMES = ("eager", "onnxruntime", "openvino")
 AUTO = "auto"
 # what each runtime runs a float model in (int8 needs calibration: `efficientvim export --precision int8`)
 INFERENCE_PRECISIONS = {"eager": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
-# what each file runtime needs installed (the ONNX export it runs, and the runtime), and the extra that installs it
-RUNTIME_EXTRAS = {"onnxruntime": (("onnx", "onnxruntime"), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
 # auto's preference on a CPU, fastest first, per precision (the rule docs/benchmarks.md's matrix backs)
 AUTO_ORDER = {"fp32": ("onnxruntime", "openvino", "eager"), "bf16": ("openvino", "eager")}
-
-
-def installed(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
-    from importlib.util import find_spec
-
-    return find_spec(module) is not None
-
-
-def missing_modules(runtime: str) -> list[str]:
-    """The modules ``runtime`` needs that are not installed (none for eager)."""
-    return [m for m in RUNTIME_EXTRAS.get(runtime, ((), None))[0] if not installed(m)]
 
 
 def auto_runtime(precision: str, device: str = "cpu") -> tuple[str, str]:

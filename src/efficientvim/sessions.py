@@ -8,6 +8,21 @@ from pathlib import Path
 
 from .errors import import_extra
 
+# what each file runtime needs installed (the ONNX file it runs, and the runtime), and the extra that installs it
+RUNTIME_EXTRAS = {"onnxruntime": (("onnx", "onnxruntime"), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
+def missing_modules(runtime: str) -> list[str]:
+    """The modules ``runtime`` needs that are not installed (none for eager)."""
+    return [m for m in RUNTIME_EXTRAS.get(runtime, ((), None))[0] if not installed(m)]
+
 
 def onnxruntime_session(path: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime CPU session of ``path`` on ``threads`` threads (default: ONNX Runtime's choice), all graph

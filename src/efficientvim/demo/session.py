@@ -21,7 +21,8 @@ from torch import nn
 
 from ..images import check_min_side, read_image
 from ..predict import class_names, make_transform, min_image_side, top_k
-from ..runtimes import INFERENCE_PRECISIONS, INFERENCE_RUNTIMES, RUNTIME_EXTRAS, inference_model, missing_modules
+from ..runtimes import INFERENCE_PRECISIONS, INFERENCE_RUNTIMES, inference_model
+from ..sessions import RUNTIME_EXTRAS, missing_modules
 
 TOP_K = 5
 COMPARE_REPEATS = 10  # timed forward passes per runtime in the comparison (after two untimed ones)
