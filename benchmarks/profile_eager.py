@@ -6,7 +6,9 @@ Groups the PyTorch profiler's self time per call into matrix products (1x1 proje
 products, the head), depthwise convolutions, the stem's dense 3x3 convolutions and the rest (LayerNorm,
 softmax, element-wise), and times the model's largest projection shapes alone next to one 2048^3 matrix
 product, the bound `efficientvim bench` reports against: how far from that bound the model's own GEMM
-shapes already are.
+shapes already are, and the ceiling the rest leaves: the share of the bound the whole model would reach if
+every product and convolution ran at the bound and the rest (depthwise convolutions, LayerNorm, softmax,
+element-wise work, bookkeeping) took the time it takes now.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ import torch
 import torch.nn.functional as F
 
 import efficientvim as ev
+from efficientvim.bench.gemm import gemm_bound
+from efficientvim.flops import count_flops
+
+# the categories whose work is multiply-adds at GEMM-like intensity; the rest run at memory speed
+PRODUCTS = ("matrix products", "stem 3x3 convs")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -71,6 +78,10 @@ def main() -> None:
     with torch.inference_mode():
         for _ in range(3):
             fused(x)
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            fused(x)
+        plain = (time.perf_counter() - start) / args.calls * 1e3  # ms per call without the profiler
         with torch.profiler.profile(record_shapes=True) as prof:
             for _ in range(args.calls):
                 fused(x)
@@ -79,7 +90,7 @@ def main() -> None:
         totals[category(event)] += event.self_cpu_time_total / 1e3 / args.calls
     whole = sum(totals.values())
     print(f"{args.model} fused, {args.precision}, batch {args.batch_size} at {size}, {args.threads} threads: "
-          f"{whole:.1f} ms per call (profiled)")
+          f"{whole:.1f} ms per call profiled, {plain:.1f} ms without the profiler")
     for name, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {name:50s} {ms:7.1f} ms  {100 * ms / whole:5.1f}%")
     dim = model.embed_dim
@@ -90,6 +101,14 @@ def main() -> None:
     for rows, k, n in shapes:
         print(f"  {rows} x {k} -> {n}: {gemm_rate(rows, k, n, dtype):.0f} GFLOP/s")
     print(f"  2048 x 2048 -> 2048: {gemm_rate(2048, 2048, 2048, dtype, repeats=5):.0f} GFLOP/s")
+    bound = gemm_bound(args.precision, threads=args.threads)
+    flop = 2 * count_flops(model, size) * args.batch_size
+    rest = sum(ms for name, ms in totals.items() if name not in PRODUCTS)
+    at_bound = flop / bound.gflops / 1e6  # ms
+    print(f"bench's GEMM bound: {bound.describe()}; the model without the profiler: {flop / plain / 1e6:.0f} "
+          f"GFLOP/s, {100 * flop / plain / 1e6 / bound.gflops:.0f}% of it")
+    print(f"ceiling with every product and stem conv at the bound and the rest as profiled ({rest:.1f} ms): "
+          f"{100 * at_bound / (at_bound + rest):.0f}% of the bound")
 
 
 if __name__ == "__main__":

@@ -263,3 +263,38 @@ def test_int8_files_predict_the_same_on_a_cpu_without_vnni(digits_model, runtime
     assert avx2["images"] == native["images"] == 360
     assert avx2["agreement"] == native["agreement"] >= 97.0
     assert avx2["top1"] == native["top1"]
+
+
+def test_quantize_onnx_quantizes_the_op_types_it_is_given(tmp_path):
+    """The shipped op list leaves the token softmax in float32; ``ops`` with Softmax gives ONNX Runtime a
+    QLinearSoftmax (what benchmarks/int8_softmax.py times and scores)."""
+    import onnx
+
+    from efficientvim.export import write_onnx
+    from efficientvim.quantize import QUANTIZED_OPS, quantize_onnx
+
+    class ConvSoftmax(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).flatten(2).softmax(-1)
+
+    torch.manual_seed(0)
+    write_onnx(ConvSoftmax().eval(), tmp_path / "fp32.onnx", (8, 8))
+    images = [torch.randn(3, 8, 8) for _ in range(8)]
+    runs = {}
+    for name, ops in (("shipped", QUANTIZED_OPS), ("softmax", (*QUANTIZED_OPS, "Softmax"))):
+        quantize_onnx(tmp_path / "fp32.onnx", tmp_path / f"{name}.onnx", images, ops=ops)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(tmp_path / f"{name}.run.onnx")
+        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        runs[name] = session.run(None, {"images": images[0][None].numpy()})[0]
+        ran = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        assert ran.count("QLinearSoftmax") == (name == "softmax") and ran.count("Softmax") == (name == "shipped")
+    # both are distributions over the 64 positions, the uint8 one in steps of 1/255
+    for out in runs.values():
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=0.1)
+    assert np.abs(runs["softmax"] - runs["shipped"]).max() <= 2 / 255 + 0.02

@@ -123,9 +123,10 @@ def _batches(images: Sequence[torch.Tensor], size: int = 16) -> Iterator[np.ndar
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Sequence[torch.Tensor],
-                  weight_bits: int = 7) -> None:
+                  weight_bits: int = 7, ops: Sequence[str] = QUANTIZED_OPS) -> None:
     """Static QDQ quantization of an ONNX file whose input is ``images``, calibrated on ``images``; weights in
-    ``weight_bits`` (``WEIGHT_BITS``: 7 runs exactly on every x86 CPU, 8 only on CPUs with VNNI)."""
+    ``weight_bits`` (``WEIGHT_BITS``: 7 runs exactly on every x86 CPU, 8 only on CPUs with VNNI); ``ops``: the
+    ONNX op types quantized (``benchmarks/int8_softmax.py`` adds Softmax)."""
     if weight_bits not in WEIGHT_BITS:
         raise ExportError(f"int8 weights take {' or '.join(map(str, WEIGHT_BITS))} bits, not {weight_bits}")
     quant = import_extra("onnxruntime.quantization", "onnx", "int8 quantization")
@@ -147,7 +148,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, im
         quant.quantize_static(
             str(prepared), str(int8_path), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
             activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8,
-            op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=quant.CalibrationMethod.MinMax,
+            op_types_to_quantize=list(ops), calibrate_method=quant.CalibrationMethod.MinMax,
             reduce_range=weight_bits == 7,
         )
 
