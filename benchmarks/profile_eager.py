@@ -5,10 +5,10 @@
 Groups the PyTorch profiler's self time per call into matrix products (1x1 projections, the state
 products, the head), depthwise convolutions, the stem's dense 3x3 convolutions and the rest (LayerNorm,
 softmax, element-wise), and times the model's largest projection shapes alone next to one 2048^3 matrix
-product, the bound `efficientvim bench` reports against: how far from that bound the model's own GEMM
-shapes already are, and the ceiling the rest leaves: the share of the bound the whole model would reach if
-every product and convolution ran at the bound and the rest (depthwise convolutions, LayerNorm, softmax,
-element-wise work, bookkeeping) took the time it takes now.
+product and the bound `efficientvim bench` reports against (the best of several products): how far from
+that bound the model's own GEMM shapes already are, and the ceiling the rest leaves: the share of the bound
+the whole model would reach if every product and convolution ran at the bound and the rest (depthwise
+convolutions, LayerNorm, softmax, element-wise work, bookkeeping) took the time it takes now.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
         totals[category(event)] += event.self_cpu_time_total / 1e3 / args.calls
     whole = sum(totals.values())
     print(f"{args.model} fused, {args.precision}, batch {args.batch_size} at {size}, {args.threads} threads: "
-          f"{whole:.1f} ms per call profiled, {plain:.1f} ms without the profiler")
+          f"{whole:.1f} ms per call profiled (the operators' self time), {plain:.1f} ms without the profiler")
     for name, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {name:50s} {ms:7.1f} ms  {100 * ms / whole:5.1f}%")
     dim = model.embed_dim
