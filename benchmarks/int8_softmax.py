@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+from onnx_ab import alternate  # benchmarks/ is on the path when this script runs
 
 import efficientvim as ev
 from efficientvim.data import DigitsDataset
@@ -84,24 +83,11 @@ def main() -> None:
                       (("fp32", fp32), ("int8", shipped), ("int8 softmax", softmax))]
             print(f"top-1 on the digits val split ({len(y)} images) at {size[0]}x{size[1]}: " + ", ".join(scores))
         x = np.random.default_rng(0).standard_normal((args.batch_size, 3, *size)).astype(np.float32)
-        runs = [lambda s=sessions[path]: s.run(None, {"images": x}) for path in (shipped, softmax)]
-        for _ in range(3):
-            for run in runs:
-                run()
-        ratios, times = [], ([], [])
-        for r in range(args.rounds):
-            spent = [0.0, 0.0]
-            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-                start = time.perf_counter()
-                runs[i]()
-                spent[i] = time.perf_counter() - start
-            ratios.append(spent[0] / spent[1])
-            for i in (0, 1):
-                times[i].append(spent[i] * 1e3)
-        q = statistics.quantiles(ratios, n=4)
-        print(f"batch {args.batch_size}, {args.threads} threads: shipped int8 {statistics.median(times[0]):.2f} ms, "
-              f"int8 softmax {statistics.median(times[1]):.2f} ms; shipped / softmax-int8 "
-              f"{statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
+        shipped_ms, softmax_ms, (q1, median, q3) = alternate(lambda: sessions[shipped].run(None, {"images": x}),
+                                                             lambda: sessions[softmax].run(None, {"images": x}),
+                                                             args.rounds)
+        print(f"batch {args.batch_size}, {args.threads} threads: shipped int8 {shipped_ms:.2f} ms, int8 softmax "
+              f"{softmax_ms:.2f} ms; shipped / softmax-int8 {median:.3f} (quartiles {q1:.3f}-{q3:.3f})")
 
 
 if __name__ == "__main__":

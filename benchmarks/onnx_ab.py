@@ -42,6 +42,22 @@ def input_size(path: str) -> tuple[int, int]:
         return (224, 224)
 
 
+def alternate(a, b, rounds: int, warmup: int = 3) -> tuple[float, float, tuple[float, float, float]]:
+    """Time the calls ``a`` and ``b`` alternately, A then B or B then A by round: (median ms of A, of B, and the
+    quartiles and median (q1, median, q3) of the per-round ratios A/B). The A/B timer of the benchmarks here."""
+    for _ in range(warmup):
+        a()
+        b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(rounds):
+        for j in (0, 1) if i % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            (a, b)[j]()
+            times[j].append(time.perf_counter() - start)
+    ratios = statistics.quantiles([t_a / t_b for t_a, t_b in zip(*times)], n=4)
+    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1]), tuple(ratios)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a")
@@ -58,19 +74,9 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal((args.batch_size, 3, *size)).astype(np.float32)
     runs = {name: runner(path, args.runtime, args.threads, args.precision) for name, path in (("a", args.a),
                                                                                               ("b", args.b))}
-    for _ in range(args.warmup):
-        for run in runs.values():
-            run(x)
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    for i in range(args.rounds):
-        for name in ("a", "b") if i % 2 == 0 else ("b", "a"):
-            start = time.perf_counter()
-            runs[name](x)
-            times[name].append(time.perf_counter() - start)
-    ratios = sorted(a / b for a, b in zip(times["a"], times["b"]))
-    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    ms_a, ms_b, (q1, median, q3) = alternate(lambda: runs["a"](x), lambda: runs["b"](x), args.rounds, args.warmup)
     print(f"{args.runtime} {args.precision} batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds: "
-          f"A {1e3 * statistics.median(times['a']):.2f} ms, B {1e3 * statistics.median(times['b']):.2f} ms; "
+          f"A {ms_a:.2f} ms, B {ms_b:.2f} ms; "
           f"A/B {median:.3f} (quartiles {q1:.3f}-{q3:.3f}; above 1: B faster)")
 
 

@@ -108,11 +108,11 @@ def load_cached_onnx(model: nn.Module, size: tuple[int, int], write: Callable[[P
     else one traced now by ``write(path)`` and cached; traced into a temporary folder where nothing can be
     cached. ``load`` must read the file in full (the cache may replace it later)."""
     try:
-        folder = cache_dir()
+        folder: Path | None = cache_dir()
     except RuntimeError:  # no home folder to find (an arbitrary container user, no HOME): nothing is cached
-        folder = Path(os.devnull) / "efficientvim"  # under a file, so every write below falls back
-    path = folder / f"{model_key(model, size)}.onnx"
-    if _is_regular(path):
+        folder = None
+    path = folder / f"{model_key(model, size)}.onnx" if folder else None
+    if path and _is_regular(path):
         try:
             result = load(path)
         except Exception:  # noqa: BLE001 - a damaged cached file is traced again, whatever the runtime raised
@@ -120,16 +120,18 @@ def load_cached_onnx(model: nn.Module, size: tuple[int, int], write: Callable[[P
         else:
             _touch(path)
             return result
-    elif os.path.lexists(path):  # a link or anything else planted under the graph's name is not read
+    elif path and os.path.lexists(path):  # a link or anything else planted under the graph's name is not read
         _discard(path)
     with tempfile.TemporaryDirectory() as tmp:
         traced = Path(tmp) / "model.onnx"
         write(traced)
+        if path is None:
+            return load(traced)
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_bytes(path, traced.read_bytes())  # whole or not at all
             _touch(path)
         except (OSError, DiskFullError):  # no cache here: the graph lives as long as this call
             return load(traced)
-    _trim(folder)
+    _trim(path.parent)
     return load(path)

@@ -38,14 +38,15 @@ class OnnxPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, runtime: str = "auto") -> None:
-        from .sessions import missing_modules, onnxruntime_session, openvino_request
+        from .sessions import AUTO_ORDER, missing_modules, onnxruntime_session, openvino_request
 
         if runtime not in PREDICTOR_RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}: choose from {', '.join(PREDICTOR_RUNTIMES)}")
         onnx = import_extra("onnx", "onnx", "OnnxPredictor")
-        if runtime == "auto":  # ONNX Runtime, else OpenVINO; neither: ONNX Runtime's import names the extra
-            fallback = missing_modules("onnxruntime") and not missing_modules("openvino")
-            runtime = "openvino" if fallback else "onnxruntime"
+        if runtime == "auto":  # the commands' fp32 rule over the two file runtimes; neither installed: ONNX
+            # Runtime's import names the extra
+            runtime = next((r for r in AUTO_ORDER["fp32"] if r in PREDICTOR_RUNTIMES and not missing_modules(r)),
+                           "onnxruntime")
 
         path = Path(path)
         if not path.is_file():

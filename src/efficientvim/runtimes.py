@@ -25,19 +25,17 @@ from torch import nn
 from .deploy import PRECISION_DTYPES, fuse
 from .errors import EfficientViMError
 from .onnx_cache import load_cached_onnx
-from .sessions import missing_modules, onnxruntime_session, openvino_request
+from .sessions import AUTO_ORDER, missing_modules, onnxruntime_session, openvino_request
 
 INFERENCE_RUNTIMES = ("eager", "onnxruntime", "openvino")
 AUTO = "auto"
 # what each runtime runs a float model in (int8 needs calibration: `efficientvim export --precision int8`)
 INFERENCE_PRECISIONS = {"eager": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
-# auto's preference on a CPU, fastest first, per precision (the rule docs/benchmarks.md's matrix backs)
-AUTO_ORDER = {"fp32": ("onnxruntime", "openvino", "eager"), "bf16": ("openvino", "eager")}
 
 
 def auto_runtime(precision: str, device: str = "cpu") -> tuple[str, str]:
     """The runtime ``auto`` picks for ``precision`` on ``device`` (``"cpu"`` or a GPU), and why, in a phrase:
-    the first of :data:`AUTO_ORDER` that is installed on a CPU, PyTorch on a GPU."""
+    the first of :data:`AUTO_ORDER` (``efficientvim.sessions``) that is installed on a CPU, PyTorch on a GPU."""
     if device != "cpu":
         return "eager", f"PyTorch is the runtime here that runs on {device}"
     order = AUTO_ORDER[precision]

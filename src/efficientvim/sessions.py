@@ -10,6 +10,9 @@ from .errors import import_extra
 
 # what each file runtime needs installed (the ONNX file it runs, and the runtime), and the extra that installs it
 RUNTIME_EXTRAS = {"onnxruntime": (("onnx", "onnxruntime"), "onnx"), "openvino": (("onnx", "openvino"), "openvino")}
+# --runtime auto's preference on a CPU, fastest first, per precision (the rule docs/benchmarks.md's matrix backs); here,
+# beside what each runtime needs, so the torch-free OnnxPredictor follows it too
+AUTO_ORDER = {"fp32": ("onnxruntime", "openvino", "eager"), "bf16": ("openvino", "eager")}
 
 
 def installed(module: str) -> bool:
